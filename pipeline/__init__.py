@@ -1,0 +1,1 @@
+"""rx training pipeline: data, knowledge, metrics, baselines and evaluation (and, later, the model stages)."""

@@ -1,0 +1,64 @@
+"""Command line of the training pipeline: `python -m pipeline knowledge | evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.baselines import BASELINES
+from pipeline.data import SPLITS
+from rxapp.knowledge import KNOWLEDGE_FILE
+
+
+def run_knowledge(args: argparse.Namespace) -> int:
+    from pipeline.knowledge import build
+
+    coverage = build(args.out)
+    print(json.dumps(coverage, ensure_ascii=False))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate_baseline, format_table, reference_row, write_json
+
+    names = list(BASELINES) if "all" in args.baseline else list(dict.fromkeys(args.baseline))
+    rows = [evaluate_baseline(name, args.split) for name in names]
+    out = args.out or Path("runs") / "evaluate" / f"{'-'.join(names)}-{args.split}.json"
+    document = rows[0] if len(rows) == 1 else rows
+    write_json(document, out)
+    table = format_table([*rows, reference_row(args.split)], args.split)
+    if args.json:
+        print(table, file=sys.stderr)
+        print(json.dumps(document, ensure_ascii=False, indent=2))
+    else:
+        print(table)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="rx training pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    knowledge = sub.add_parser("knowledge", help="rebuild assets/knowledge/herbs.json from the raw KDHR files")
+    knowledge.add_argument("--out", type=Path, default=KNOWLEDGE_FILE, help="where to write (default: %(default)s)")
+    knowledge.set_defaults(run=run_knowledge)
+    evaluate = sub.add_parser("evaluate", help="evaluate recommenders on a split, beside the published results")
+    evaluate.add_argument("--baseline", nargs="+", required=True, choices=[*BASELINES, "all"],
+                          help="baseline(s) to evaluate, or all")
+    evaluate.add_argument("--split", default="test", choices=SPLITS)
+    evaluate.add_argument("--out", type=Path, help="JSON file to write (default runs/evaluate/NAME-SPLIT.json)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print the JSON on stdout (the table then goes to stderr)")
+    evaluate.set_defaults(run=run_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

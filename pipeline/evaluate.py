@@ -1,0 +1,123 @@
+"""The one evaluator: every recommender (baselines now, trained models later) is scored by `evaluate` on the same
+split with the same metrics, and shown beside the published results on this split."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.baselines import BASELINES, KNN, rank
+from pipeline.data import Record, load_split
+from pipeline.metrics import jaccard, prescription_metrics, ranking_metrics
+
+# Published results on this exact split (TCMRGCL paper, 2025; methods.md §3). Rankings only, no set metrics.
+PUBLISHED = {
+    "SMGCN": {"P@5": .2878, "P@10": .2287, "P@20": .1664, "R@5": .2070, "R@10": .3229, "R@20": .4631,
+              "F1@5": .2409, "F1@10": .2677, "F1@20": .2449},
+    "KDHR": {"P@5": .2698, "P@10": .2103, "P@20": .1537, "R@5": .1932, "R@10": .2967, "R@20": .4299,
+             "F1@5": .2251, "F1@10": .2461, "F1@20": .2264},
+    "PresRecST": {"P@5": .2807, "P@10": .2248, "P@20": .1656, "R@5": .1988, "R@10": .3173, "R@20": .4618,
+                  "F1@5": .2327, "F1@10": .2632, "F1@20": .2438},
+    "TCMRGCL": {"P@5": .2884, "P@10": .2310, "P@20": .1689, "R@5": .2082, "R@10": .3266, "R@20": .4707,
+                "F1@5": .2418, "F1@10": .2706, "F1@20": .2486},
+}
+COLUMNS = ("P@5", "P@10", "P@20", "R@5", "R@10", "R@20", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate",
+           "pairwise_incompat", "avg_herbs")
+KNN_KS = (5, 10, 20, 50, 100, 200)
+MAX_PRESCRIPTION = 20
+
+
+@dataclass
+class Prediction:
+    ranking: list[str]  # every herb the model can rank, best first (at least 20)
+    prescription: list[str]  # the herbs the model would actually prescribe
+
+
+Predictor = Callable[[Sequence[Record]], list[Prediction]]
+
+
+def evaluate(predict: Predictor, records: Sequence[Record]) -> dict[str, float]:
+    """Ranking metrics of the predictions' rankings and set metrics of their prescriptions."""
+    predictions = predict(records)
+    truths = [set(r.herbs) for r in records]
+    short = [i for i, p in enumerate(predictions) if len(p.ranking) < max(20, len(p.prescription))]
+    if short:
+        raise ValueError(f"{len(short)} rankings hold fewer than 20 herbs (first: {records[short[0]].id})")
+    return {
+        **ranking_metrics([p.ranking for p in predictions], truths),
+        **prescription_metrics([p.prescription for p in predictions], truths),
+    }
+
+
+def baseline_predictor(name: str, train: Sequence[Record], size: int, k: int | None = None) -> Predictor:
+    """A fitted baseline whose prescription is its top `size` herbs."""
+    model = (KNN(k) if name == "knn" else BASELINES[name]()).fit(train)
+
+    def predict(records: Sequence[Record]) -> list[Prediction]:
+        rankings = rank(model.scores([r.symptoms for r in records]))
+        return [Prediction(r, r[:size]) for r in rankings]
+
+    return predict
+
+
+def tune_baseline(name: str) -> dict[str, int]:
+    """Settings chosen on the validation split (fit on train without it): kNN's k by F1@10, then the prescription
+    size by Jaccard."""
+    train, validation = load_split("train"), load_split("validation")
+    truths = [set(r.herbs) for r in validation]
+    settings: dict[str, int] = {}
+    if name == "knn":
+        def f1_at_10(k: int) -> float:
+            predictions = baseline_predictor(name, train, 1, k)(validation)
+            return ranking_metrics([p.ranking for p in predictions], truths, ks=(10,))["F1@10"]
+        settings["k"] = max(tqdm(KNN_KS, desc="tune knn k", disable=None), key=f1_at_10)
+    rankings = [p.ranking for p in baseline_predictor(name, train, 1, settings.get("k"))(validation)]
+
+    def mean_jaccard(size: int) -> float:
+        return sum(jaccard(set(r[:size]), t) for r, t in zip(rankings, truths, strict=True)) / len(truths)
+    settings["size"] = max(range(1, MAX_PRESCRIPTION + 1), key=mean_jaccard)
+    return settings
+
+
+def evaluate_baseline(name: str, split: str) -> dict:
+    """Tune on validation, fit on the published train file (train without validation when scoring validation
+    itself), and evaluate on `split`."""
+    settings = tune_baseline(name)
+    train = load_split("train" if split == "validation" else "train_full")
+    records = load_split(split)
+    metrics = evaluate(baseline_predictor(name, train, settings["size"], settings.get("k")), records)
+    return {"model": name, "split": split, "n": len(records), **metrics, "settings": settings}
+
+
+def reference_row(split: str) -> dict:
+    """The doctors' own prescriptions: the incompatibility rate and size that real practice shows."""
+    records = load_split(split)
+    truths = [set(r.herbs) for r in records]
+    return {"model": "doctors (ground truth)", "split": split, "n": len(records),
+            **prescription_metrics([list(r.herbs) for r in records], truths)}
+
+
+def format_table(rows: Sequence[dict], split: str) -> str:
+    """A plain-text table, with the published results on the test split for comparison."""
+    shown = list(rows)
+    if split == "test":
+        shown += [{"model": f"{name} (published)", **m} for name, m in PUBLISHED.items()]
+    width = max(len(r["model"]) for r in shown) + 2
+    header = "model".ljust(width) + "".join(c.replace("_", " ")[:10].rjust(11) for c in COLUMNS)
+    lines = [header, "-" * len(header)]
+    for r in shown:
+        cells = "".join((f"{r[c]:.4f}" if c in r else "—").rjust(11) for c in COLUMNS)
+        lines.append(r["model"].ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def write_json(document: dict | list, path: Path) -> None:
+    """Write atomically, so that a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)

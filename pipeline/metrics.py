@@ -1,0 +1,60 @@
+"""Metrics over herb lists: P/R/F1@K (methods.md §3), Jaccard, incompatibility rates, average herbs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rxapp.safety import incompatible_pairs
+
+KS = (5, 10, 20)
+
+
+def hits_at_k(ranking: Sequence[str], truth: set[str], k: int) -> int:
+    return sum(h in truth for h in ranking[:k])
+
+
+def ranking_metrics(rankings: Sequence[Sequence[str]], truths: Sequence[set[str]], ks: Sequence[int] = KS
+                    ) -> dict[str, float]:
+    """P@K = |top_K ∩ H| / K and R@K = |top_K ∩ H| / |H|, each averaged over prescriptions;
+    F1@K = 2PR / (P + R) of those averages (as the published results on this split compute it)."""
+    if len(rankings) != len(truths) or not truths:
+        raise ValueError("need one ranking per true prescription, and at least one")
+    out = {}
+    for k in ks:
+        hits = [hits_at_k(ranking, truth, k) for ranking, truth in zip(rankings, truths, strict=True)]
+        p = sum(h / k for h in hits) / len(truths)
+        r = sum(h / len(truth) for h, truth in zip(hits, truths, strict=True)) / len(truths)
+        out[f"P@{k}"], out[f"R@{k}"], out[f"F1@{k}"] = p, r, (2 * p * r / (p + r) if p + r else 0.0)
+    return out
+
+
+def jaccard(predicted: set[str], truth: set[str]) -> float:
+    union = predicted | truth
+    return len(predicted & truth) / len(union) if union else 1.0
+
+
+def _pair_rate(pairs: int, n: int) -> float:
+    return pairs / (n * (n - 1) / 2) if n > 1 else 0.0
+
+
+def pairwise_incompatibility(herbs: Sequence[str]) -> float:
+    """FLAME's DDI rate for one list: incompatible pairs / all pairs (0 for fewer than two herbs)."""
+    return _pair_rate(incompatible_pairs(list(herbs)), len(herbs))
+
+
+def prescription_metrics(prescriptions: Sequence[Sequence[str]], truths: Sequence[set[str]]) -> dict[str, float]:
+    """Set metrics of the prescriptions themselves (not the rankings), averaged over prescriptions.
+
+    incompat_rate: share of prescriptions holding at least one 十八反/十九畏 pair;
+    pairwise_incompat: FLAME's pairwise rate, averaged; avg_herbs: mean prescription length.
+    """
+    n = len(prescriptions)
+    if n != len(truths) or not n:
+        raise ValueError("need one prescription per true prescription, and at least one")
+    pair_counts = [incompatible_pairs(list(p)) for p in prescriptions]
+    return {
+        "Jaccard": sum(jaccard(set(p), t) for p, t in zip(prescriptions, truths, strict=True)) / n,
+        "incompat_rate": sum(c > 0 for c in pair_counts) / n,
+        "pairwise_incompat": sum(_pair_rate(c, len(p)) for c, p in zip(pair_counts, prescriptions, strict=True)) / n,
+        "avg_herbs": sum(len(p) for p in prescriptions) / n,
+    }

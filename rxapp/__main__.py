@@ -1,0 +1,5 @@
+import sys
+
+from rxapp.cli import main
+
+sys.exit(main())

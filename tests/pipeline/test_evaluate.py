@@ -1,0 +1,46 @@
+"""Baselines through the one evaluator, and the evaluate command."""
+
+import json
+
+import pytest
+
+from pipeline.data import load_split
+from pipeline.evaluate import Prediction, baseline_predictor, evaluate, format_table
+
+
+def test_cooccurrence_matches_the_independent_computation(cli, tmp_path):
+    out = tmp_path / "cooc.json"
+    result = cli("-m", "pipeline", "evaluate", "--baseline", "cooccurrence", "--split", "test", "--json",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row == json.loads(out.read_text(encoding="utf-8"))
+    # computed independently for this issue: P@5 ≈ 0.2875, F1@10 ≈ 0.2692 (agreement to 3 decimals)
+    assert row["P@5"] == pytest.approx(0.2875, abs=5e-4)
+    assert row["F1@10"] == pytest.approx(0.2692, abs=5e-4)
+    assert row["n"] == 3443 and {"R@20", "Jaccard", "incompat_rate", "avg_herbs"} <= row.keys()
+    assert "TCMRGCL (published)" in result.stderr  # the table goes to stderr with --json
+
+
+def test_baselines_rank_in_the_expected_order_on_validation():
+    train, validation = load_split("train"), load_split("validation")
+    scores = {name: evaluate(baseline_predictor(name, train, size=7, k=50), validation)["P@5"]
+              for name in ("popularity", "cooccurrence", "knn")}
+    assert scores["popularity"] < scores["cooccurrence"] and scores["popularity"] < scores["knn"]
+    assert all(0.1 < s < 0.5 for s in scores.values())
+
+
+def test_evaluator_refuses_rankings_shorter_than_20():
+    records = load_split("test")[:2]
+    with pytest.raises(ValueError, match="fewer than 20"):
+        evaluate(lambda rs: [Prediction(["甘草"], ["甘草"]) for _ in rs], records)
+
+
+def test_table_shows_published_rows_on_test_only():
+    row = {"model": "m", "P@5": 0.3}
+    assert "TCMRGCL" in format_table([row], "test") and "TCMRGCL" not in format_table([row], "validation")
+
+
+def test_unknown_baseline_is_a_usage_error(cli):
+    result = cli("-m", "pipeline", "evaluate", "--baseline", "magic")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
