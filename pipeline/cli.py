@@ -20,6 +20,14 @@ def run_knowledge(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_distill(args: argparse.Namespace) -> int:
+    from pipeline.distill import distill
+
+    for split, path in distill(args.split, args.out).items():
+        print(f"{split}: {path}")
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate_baseline, format_table, reference_row, write_json
 
@@ -44,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     knowledge = sub.add_parser("knowledge", help="rebuild assets/knowledge/herbs.json from the raw KDHR files")
     knowledge.add_argument("--out", type=Path, default=KNOWLEDGE_FILE, help="where to write (default: %(default)s)")
     knowledge.set_defaults(run=run_knowledge)
+    distill = sub.add_parser("distill", help="write 症状分析—处方—方解 training examples with the offline teacher")
+    distill.add_argument("--split", nargs="+", default=["train", "validation", "test"], choices=SPLITS)
+    distill.add_argument("--out", type=Path, default=Path("runs/distill"), help="output folder (default %(default)s)")
+    distill.set_defaults(run=run_distill)
     evaluate = sub.add_parser("evaluate", help="evaluate recommenders on a split, beside the published results")
     evaluate.add_argument("--baseline", nargs="+", required=True, choices=[*BASELINES, "all"],
                           help="baseline(s) to evaluate, or all")
@@ -62,3 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # one readable line, never a traceback
+        print(f"error: internal error ({type(e).__name__}: {e}); please report it", file=sys.stderr)
+        return 1

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from rxapp import ASSETS
+from rxapp.stepformat import NO_RECORD
 from rxapp.vocab import vocab
 
 KNOWLEDGE_FILE = ASSETS / "knowledge" / "herbs.json"
@@ -35,7 +36,7 @@ class HerbFacts:
             parts.append("性味 " + "、".join(self.flavour + self.nature))
         if self.channels:
             parts.append("归经 " + "、".join(self.channels))
-        return "；".join(parts) if parts else "知识库中暂无此药的记录"
+        return "；".join(parts) if parts else NO_RECORD
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,5 @@
 from rxapp.knowledge import facts_for, knowledge
+from rxapp.stepformat import NO_RECORD
 from rxapp.vocab import vocab
 
 
@@ -17,6 +18,6 @@ def test_facts_of_a_well_known_herb():
 def test_family_fallback_and_missing_entries_are_explicit():
     assert (facts_for("瓜蒌皮").kg_name, facts_for("瓜蒌皮").kg_match) == ("瓜蒌", "family")
     missing = facts_for("芍药")
-    assert missing.kg_match is None and missing.summary() == "知识库中暂无此药的记录"
+    assert missing.kg_match is None and missing.summary() == NO_RECORD
     assert facts_for("炒白术").herb == "白术"
     assert facts_for("不存在的药") is None

@@ -1,0 +1,53 @@
+"""`pipeline distill`: turn records into 症状分析—处方—方解 training examples (JSONL), cached on its inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.data import SMGCN, load_split
+from pipeline.teacher import TrainStats, teach
+from rxapp.knowledge import KNOWLEDGE_FILE
+from rxapp.vocab import VOCAB_DIR
+
+TEACHER_VERSION = "offline-1"  # change when the teacher's wording changes, so caches are rebuilt
+INPUTS = (SMGCN / "train.txt", SMGCN / "test.txt", KNOWLEDGE_FILE, VOCAB_DIR / "herbs.yaml",
+          VOCAB_DIR / "symptoms.yaml", Path(__file__).with_name("teacher.py"))
+
+
+def inputs_digest() -> str:
+    digest = hashlib.sha256(TEACHER_VERSION.encode())
+    for path in INPUTS:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def distill(splits: list[str], out_dir: Path) -> dict[str, Path]:
+    """Write `<split>.jsonl` for each split; a split whose file matches the current inputs is not redone."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    digest = inputs_digest()
+    stats = None
+    paths = {}
+    for split in splits:
+        path = paths[split] = out_dir / f"{split}.jsonl"
+        if manifest.get(split) == digest and path.exists():
+            continue
+        stats = stats or TrainStats.from_records(load_split("train"))  # statistics of the training split only
+        tmp = path.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for record in tqdm(load_split(split), desc=f"distill {split}", unit="rx", disable=None):
+                f.write(json.dumps(teach(record, stats), ensure_ascii=False) + "\n")
+        tmp.replace(path)
+        manifest[split] = digest
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return paths
+
+
+def read_examples(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]

@@ -1,0 +1,113 @@
+"""The offline knowledge teacher: writes 症状分析—处方—方解 responses from the herb knowledge and from statistics of
+the training split only. Every claim it makes is a knowledge-graph fact or a training statistic; it is
+deterministic, so its output can be cached and reproduced.
+
+Step order: a record's herbs are ordered most certain first given its symptoms: by the co-occurrence score
+Σ_s P(herb | s) on the training split, then by training popularity, then by vocabulary id. The first steps are
+thus the herbs the symptoms predict best, and later steps the more individual choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.baselines import CoOccurrence, herb_matrix
+from pipeline.data import Record
+from rxapp.knowledge import HerbFacts, knowledge
+from rxapp.stepformat import render_explanation, render_prompt, render_response
+from rxapp.vocab import vocab
+
+# First characters of 功效 phrases (补脾益气, 清热解毒 …); the KG mixes these with 主治 (indications).
+ACTION_VERBS = frozenset("清利消祛补止解通活散凉益温润健破化除行养舒泻理滋宣平安和调缓收敛固涩开醒降升发息定燥渗宁"
+                         "排托软逐杀透纳回助暖壮退镇驱截")
+NOT_ACTIONS = frozenset({"发热", "发黄", "消渴", "温疟", "温病", "泻痢", "化脓", "行经", "发狂", "发疹", "消化不良"})
+MAX_EFFECTS = 2
+TOP_HERBS_PER_SYMPTOM = 3
+
+
+@dataclass
+class TrainStats:
+    """Symptom–herb statistics of the training records."""
+
+    conditional: np.ndarray  # symptoms × herbs: P(herb | symptom)
+    popularity: np.ndarray  # herbs: number of training prescriptions
+
+    @classmethod
+    def from_records(cls, train: Sequence[Record]) -> TrainStats:
+        return cls(CoOccurrence().fit(train).conditional, herb_matrix(train).sum(axis=0))
+
+    def p(self, herb: str, symptom: str) -> float:
+        v = vocab()
+        return float(self.conditional[v.symptom_id[symptom], v.herb_id[herb]])
+
+    def order(self, symptoms: Sequence[str], herbs: Sequence[str]) -> list[str]:
+        """Most certain first: co-occurrence score, then popularity, then vocabulary id."""
+        v = vocab()
+
+        def key(h: str) -> tuple[float, float, int]:
+            return -sum(self.p(h, s) for s in symptoms), -self.popularity[v.herb_id[h]], v.herb_id[h]
+        return sorted(herbs, key=key)
+
+    def top_herbs(self, symptom: str, n: int) -> list[str]:
+        row = self.conditional[vocab().symptom_id[symptom]]
+        return [vocab().herbs[i] for i in np.argsort(-row, kind="stable")[:n] if row[i] > 0]
+
+    def usage(self, herb: str, symptoms: Sequence[str]) -> str | None:
+        """The patient's symptom with which this herb was most often prescribed in training, if any."""
+        best = max(symptoms, key=lambda s: self.p(herb, s), default=None)
+        return best if best is not None and self.p(herb, best) > 0 else None
+
+
+def action_effects(facts: HerbFacts, n: int = MAX_EFFECTS) -> list[str]:
+    """The herb's first `n` 功效 phrases, in KG order."""
+    symptoms = vocab().symptom_id
+    return [e for e in facts.effects if 2 <= len(e) <= 6 and e[0] in ACTION_VERBS and e not in NOT_ACTIONS
+            and e not in symptoms][:n]
+
+
+def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:
+    """Why this herb for these symptoms: its actions, the symptom it treats (KG) or is used for (statistics),
+    its 性味 and 归经."""
+    facts = knowledge()[herb]
+    indication = next((s for s in symptoms if s in facts.effects), None)
+    return render_explanation(
+        effects=action_effects(facts), indication=indication,
+        usage=None if indication else stats.usage(herb, symptoms),
+        properties=facts.flavour + facts.nature, channels=facts.channels,
+    )
+
+
+def analyse(symptoms: Sequence[str], stats: TrainStats) -> str:
+    lines = [f"主症：{'、'.join(symptoms)}。"]
+    for s in symptoms:
+        top = stats.top_herbs(s, TOP_HERBS_PER_SYMPTOM)
+        if top:
+            lines.append(f"训练处方中，{s}常配{'、'.join(top)}。")
+    return "\n".join(lines)
+
+
+def summarise(herbs: Sequence[str], symptoms: Sequence[str]) -> str:
+    """Herbs grouped by their first 功效; herbs without one are named apart."""
+    groups: dict[str, list[str]] = {}
+    unknown = []
+    for h in herbs:
+        effects = action_effects(knowledge()[h], 1)
+        groups.setdefault(effects[0], []).append(h) if effects else unknown.append(h)
+    lines = [f"{'、'.join(hs)}能{effect}" for effect, hs in groups.items()]
+    if unknown:
+        lines.append(f"{'、'.join(unknown)}知识库无功效记录")
+    return "；".join(lines) + f"。全方共{len(herbs)}味，针对{'、'.join(symptoms)}。"
+
+
+def teach(record: Record, stats: TrainStats) -> dict:
+    """One distilled training example: prompt, response, and the herbs in step order."""
+    herbs = stats.order(record.symptoms, record.herbs)
+    response = render_response(
+        analyse(record.symptoms, stats),
+        [(h, explain(h, record.symptoms, stats)) for h in herbs],
+        summarise(herbs, record.symptoms),
+    )
+    return {"id": record.id, "prompt": render_prompt(record.symptoms), "response": response, "herbs": herbs}

@@ -1,0 +1,184 @@
+"""The prompt and response format shared by the trainer, the evaluator and the app.
+
+A prompt states the patient:
+
+    症状：恶寒、发热、头痛
+    孕妇：否
+
+A response has the paper's three parts. Each prescription line is one step that adds (加) or removes (减) one
+vocabulary herb, with a short explanation; the 【方解】 header is the decision to stop:
+
+    【症状分析】
+    主症：恶寒、发热、头痛。……
+    【处方】
+    加麻黄：发汗解表，宣肺平喘；针对恶寒；辛、微苦，温；归肺、膀胱经。
+    加桂枝：……
+    【方解】
+    ……
+
+`parse_response` reads any prefix of a response (for streaming and step rewards) and never raises: a line that is
+not a valid step is kept and marked invalid, and leaves the herb list unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rxapp.vocab import vocab
+
+ANALYSIS_HEADER, PRESCRIPTION_HEADER, SUMMARY_HEADER = "【症状分析】", "【处方】", "【方解】"
+SECTIONS = ("analysis", "prescription", "summary")
+ADD, REMOVE = "加", "减"
+ACTIONS = {ADD: "add", REMOVE: "remove"}
+NO_RECORD = "知识库暂无此药记录"  # an explanation with nothing to say claims nothing
+STEP_LINE = re.compile(r"^(加|减)\s*([^：:\s]+)\s*(?:[：:]\s*(.*))?$")
+
+
+@dataclass(frozen=True)
+class Claim:
+    kind: str  # "effect" (能…), "indication" (主治…), "usage" (常用于…: a training statistic), "property" (性味),
+    #            or "channel" (归…经)
+    value: str
+
+
+def render_explanation(effects: Sequence[str] = (), indication: str | None = None, usage: str | None = None,
+                       properties: Sequence[str] = (), channels: Sequence[str] = ()) -> str:
+    """能<effects>；主治<indication> | 常用于<usage>；<性味>；归<channels>经。 (empty parts are left out)"""
+    parts = []
+    if effects:
+        parts.append("能" + "、".join(effects))
+    if indication:
+        parts.append(f"主治{indication}")
+    elif usage:
+        parts.append(f"常用于{usage}")
+    if properties:
+        parts.append("、".join(properties))
+    if channels:
+        parts.append("归" + "、".join(channels) + "经")
+    return "；".join(parts) + "。" if parts else f"{NO_RECORD}。"
+
+
+def explanation_claims(explanation: str) -> list[Claim]:
+    """The checkable claims of an explanation written in the render_explanation form."""
+    claims = []
+    for part in explanation.rstrip("。").split("；"):
+        if part == NO_RECORD:
+            continue
+        if part.startswith("能"):
+            claims += [Claim("effect", e) for e in part[1:].split("、") if e]
+        elif part.startswith("主治"):
+            claims.append(Claim("indication", part[2:]))
+        elif part.startswith("常用于"):
+            claims.append(Claim("usage", part[3:]))
+        elif part.startswith("归") and part.endswith("经"):
+            claims += [Claim("channel", c) for c in part[1:-1].split("、") if c]
+        elif part:
+            claims += [Claim("property", p) for p in part.split("、") if p]
+    return claims
+
+
+def render_prompt(symptoms: Sequence[str], pregnant: bool = False) -> str:
+    return f"症状：{'、'.join(symptoms)}\n孕妇：{'是' if pregnant else '否'}\n"
+
+
+def render_step(herb: str, explanation: str, action: str = "add") -> str:
+    verb = ADD if action == "add" else REMOVE
+    return f"{verb}{herb}：{explanation}\n"
+
+
+def render_response(analysis: str, steps: Sequence[tuple[str, str]], summary: str) -> str:
+    """A whole response from its analysis, (herb, explanation) additions, and summary."""
+    return (f"{ANALYSIS_HEADER}\n{analysis}\n{PRESCRIPTION_HEADER}\n" + "".join(render_step(h, e) for h, e in steps)
+            + f"{SUMMARY_HEADER}\n{summary}\n")
+
+
+@dataclass(frozen=True)
+class Step:
+    line: str  # the line as generated, without its newline
+    action: str | None  # "add" or "remove"; None when the line is not a step at all
+    herb: str | None  # the vocabulary herb named, None when unknown or malformed
+    explanation: str
+    error: str | None  # why the step is invalid; None for a valid step
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Response:
+    analysis: str = ""
+    steps: list[Step] = field(default_factory=list)
+    summary: str = ""
+    section: str | None = None  # the section the text has reached; None before the first header
+    pending: str = ""  # an unfinished last line (streaming), not yet judged
+    problems: list[str] = field(default_factory=list)  # structural problems: missing or repeated headers, stray text
+    herbs: list[str] = field(default_factory=list)  # the prescription after every valid step, in order
+
+    @property
+    def stopped(self) -> bool:
+        """The model has decided to stop adding herbs (it reached 【方解】)."""
+        return self.section == "summary"
+
+    @property
+    def well_formed(self) -> bool:
+        """All three sections, in order, with no invalid step and no structural problem."""
+        return self.stopped and not self.problems and all(s.valid for s in self.steps) and bool(self.steps)
+
+
+def judge_step(line: str, current: list[str]) -> Step:
+    """One prescription line, judged against the list built so far."""
+    match = STEP_LINE.match(line.strip())
+    if not match:
+        return Step(line, None, None, "", "not a step: expected 加<herb>：<explanation> or 减<herb>：<reason>")
+    verb, name, explanation = match.group(1), match.group(2), (match.group(3) or "").strip()
+    action = ACTIONS[verb]
+    if name not in vocab().herb_id:
+        return Step(line, action, None, explanation, f"{name} is not a vocabulary herb")
+    if action == "add" and name in current:
+        return Step(line, action, name, explanation, f"{name} is already in the prescription")
+    if action == "remove" and name not in current:
+        return Step(line, action, name, explanation, f"{name} is not in the prescription")
+    return Step(line, action, name, explanation, None)
+
+
+def parse_response(text: str, final: bool = True) -> Response:
+    """Parse a whole response or any prefix of one. With final=False an unterminated last line stays pending."""
+    response = Response()
+    lines = text.split("\n")
+    if not final:
+        response.pending = lines.pop()
+    headers = {ANALYSIS_HEADER: "analysis", PRESCRIPTION_HEADER: "prescription", SUMMARY_HEADER: "summary"}
+    seen: list[str] = []
+    analysis: list[str] = []
+    summary: list[str] = []
+    for raw in lines:
+        line = raw.strip()
+        if line in headers:
+            section = headers[line]
+            if section in seen or (seen and SECTIONS.index(section) < SECTIONS.index(seen[-1])):
+                response.problems.append(f"{line} out of order")
+                continue
+            if SECTIONS.index(section) != len(seen):
+                response.problems.append(f"{line} comes before {SECTIONS[len(seen)]}")
+            seen.append(section)
+            response.section = section
+        elif not line:
+            continue
+        elif response.section == "analysis":
+            analysis.append(line)
+        elif response.section == "prescription":
+            step = judge_step(line, response.herbs)
+            response.steps.append(step)
+            if step.valid and step.action == "add":
+                response.herbs.append(step.herb)
+            elif step.valid:
+                response.herbs.remove(step.herb)
+        elif response.section == "summary":
+            summary.append(line)
+        else:
+            response.problems.append(f"text before {ANALYSIS_HEADER}: {line[:30]}")
+    response.analysis, response.summary = "\n".join(analysis), "\n".join(summary)
+    return response

@@ -1,0 +1,61 @@
+from rxapp.stepformat import (
+    PRESCRIPTION_HEADER,
+    SUMMARY_HEADER,
+    Claim,
+    explanation_claims,
+    parse_response,
+    render_explanation,
+    render_prompt,
+    render_response,
+)
+
+RESPONSE = render_response("主症：恶寒。", [("麻黄", "能发汗。"), ("桂枝", "能解肌。")], "诸药合用。")
+
+
+def test_round_trip():
+    r = parse_response(RESPONSE)
+    assert r.well_formed and r.herbs == ["麻黄", "桂枝"]
+    assert (r.analysis, r.summary) == ("主症：恶寒。", "诸药合用。")
+    steps = [(s.action, s.herb, s.explanation) for s in r.steps]
+    assert steps == [("add", "麻黄", "能发汗。"), ("add", "桂枝", "能解肌。")]
+    assert render_prompt(["恶寒", "头痛"], pregnant=True) == "症状：恶寒、头痛\n孕妇：是\n"
+
+
+def test_every_prefix_parses_and_the_list_only_grows_along_it():
+    previous = []
+    for end in range(len(RESPONSE) + 1):
+        r = parse_response(RESPONSE[:end], final=False)
+        assert r.herbs[: len(previous)] == previous
+        assert not r.problems and all(s.valid for s in r.steps)
+        previous = r.herbs
+    assert previous == ["麻黄", "桂枝"]
+
+
+def test_unfinished_last_line_is_pending_not_judged():
+    r = parse_response(f"【症状分析】\nx\n{PRESCRIPTION_HEADER}\n加麻", final=False)
+    assert r.steps == [] and r.pending == "加麻" and r.section == "prescription" and not r.stopped
+
+
+def test_invalid_lines_are_detected_and_leave_the_list_unchanged():
+    text = (f"【症状分析】\nx\n{PRESCRIPTION_HEADER}\n加麻黄：a\n加麻黄：b\n减桂枝：c\n加鬼药：d\n随便写写\n减麻黄：e\n"
+            f"加甘草\n{SUMMARY_HEADER}\nok\n")
+    r = parse_response(text)
+    assert [s.valid for s in r.steps] == [True, False, False, False, False, True, True]
+    assert r.steps[3].error == "鬼药 is not a vocabulary herb" and r.steps[4].action is None
+    assert r.herbs == ["甘草"] and r.stopped and not r.well_formed
+
+
+def test_structural_problems_are_reported():
+    assert parse_response(f"前言\n{SUMMARY_HEADER}\nx\n").problems
+    assert parse_response(f"【症状分析】\na\n{SUMMARY_HEADER}\nb\n{PRESCRIPTION_HEADER}\n").problems
+    assert not parse_response("").steps and parse_response("").section is None
+
+
+def test_explanation_claims_round_trip():
+    text = render_explanation(["发汗", "平喘"], None, "恶寒", ["辛", "温"], ["肺", "膀胱"])
+    assert text == "能发汗、平喘；常用于恶寒；辛、温；归肺、膀胱经。"
+    assert explanation_claims(text) == [Claim("effect", "发汗"), Claim("effect", "平喘"), Claim("usage", "恶寒"),
+                                        Claim("property", "辛"), Claim("property", "温"),
+                                        Claim("channel", "肺"), Claim("channel", "膀胱")]
+    assert explanation_claims(render_explanation(indication="咳嗽")) == [Claim("indication", "咳嗽")]
+    assert explanation_claims(render_explanation()) == []
