@@ -17,15 +17,15 @@ import numpy as np
 from pipeline.baselines import CoOccurrence, herb_matrix
 from pipeline.data import Record
 from rxapp.knowledge import HerbFacts, knowledge
-from rxapp.stepformat import render_explanation, render_prompt, render_response
+from rxapp.stepformat import NO_RECORD, render_explanation, render_prompt, render_response
 from rxapp.vocab import vocab
 
 # First characters of 功效 phrases (补脾益气, 清热解毒 …); the KG mixes these with 主治 (indications).
 ACTION_VERBS = frozenset("清利消祛补止解通活散凉益温润健破化除行养舒泻理滋宣平安和调缓收敛固涩开醒降升发息定燥渗宁"
                          "排托软逐杀透纳回助暖壮退镇驱截")
 NOT_ACTIONS = frozenset({"发热", "发黄", "消渴", "温疟", "温病", "泻痢", "化脓", "行经", "发狂", "发疹", "消化不良"})
-MAX_EFFECTS = 2
-TOP_HERBS_PER_SYMPTOM = 3
+MAX_EFFECTS = 1
+TOP_HERBS = 2
 
 
 @dataclass
@@ -51,10 +51,6 @@ class TrainStats:
             return -sum(self.p(h, s) for s in symptoms), -self.popularity[v.herb_id[h]], v.herb_id[h]
         return sorted(herbs, key=key)
 
-    def top_herbs(self, symptom: str, n: int) -> list[str]:
-        row = self.conditional[vocab().symptom_id[symptom]]
-        return [vocab().herbs[i] for i in np.argsort(-row, kind="stable")[:n] if row[i] > 0]
-
     def usage(self, herb: str, symptoms: Sequence[str]) -> str | None:
         """The patient's symptom with which this herb was most often prescribed in training, if any."""
         best = max(symptoms, key=lambda s: self.p(herb, s), default=None)
@@ -69,37 +65,27 @@ def action_effects(facts: HerbFacts, n: int = MAX_EFFECTS) -> list[str]:
 
 
 def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:
-    """Why this herb for these symptoms: its actions, the symptom it treats (KG) or is used for (statistics),
-    its 性味 and 归经."""
+    """Why this herb for these symptoms: its first 功效, and the symptom it treats (KG) or was most often prescribed
+    for in training (statistics)."""
     facts = knowledge()[herb]
     indication = next((s for s in symptoms if s in facts.effects), None)
-    return render_explanation(
-        effects=action_effects(facts), indication=indication,
-        usage=None if indication else stats.usage(herb, symptoms),
-        properties=facts.flavour + facts.nature, channels=facts.channels,
-    )
+    usage = None if indication else stats.usage(herb, symptoms)
+    return render_explanation(action_effects(facts), indication, usage)
 
 
 def analyse(symptoms: Sequence[str], stats: TrainStats) -> str:
-    lines = [f"主症：{'、'.join(symptoms)}。"]
-    for s in symptoms:
-        top = stats.top_herbs(s, TOP_HERBS_PER_SYMPTOM)
-        if top:
-            lines.append(f"训练处方中，{s}常配{'、'.join(top)}。")
-    return "\n".join(lines)
+    """The presenting symptoms, and the herbs training prescriptions most often give for them together."""
+    top = stats.order(symptoms, vocab().herbs)[:TOP_HERBS]
+    return f"主症：{'、'.join(symptoms)}；常配{'、'.join(top)}。"
 
 
-def summarise(herbs: Sequence[str], symptoms: Sequence[str]) -> str:
-    """Herbs grouped by their first 功效; herbs without one are named apart."""
+def summarise(herbs: Sequence[str]) -> str:
+    """The herbs grouped by their first 功效; herbs without a known one are named apart."""
     groups: dict[str, list[str]] = {}
-    unknown = []
     for h in herbs:
-        effects = action_effects(knowledge()[h], 1)
-        groups.setdefault(effects[0], []).append(h) if effects else unknown.append(h)
-    lines = [f"{'、'.join(hs)}能{effect}" for effect, hs in groups.items()]
-    if unknown:
-        lines.append(f"{'、'.join(unknown)}知识库无功效记录")
-    return "；".join(lines) + f"。全方共{len(herbs)}味，针对{'、'.join(symptoms)}。"
+        effects = action_effects(knowledge()[h])
+        groups.setdefault(effects[0] if effects else f"（{NO_RECORD}）", []).append(h)
+    return "；".join(f"{'、'.join(hs)}{effect}" for effect, hs in groups.items()) + "。"
 
 
 def teach(record: Record, stats: TrainStats) -> dict:
@@ -108,6 +94,6 @@ def teach(record: Record, stats: TrainStats) -> dict:
     response = render_response(
         analyse(record.symptoms, stats),
         [(h, explain(h, record.symptoms, stats)) for h in herbs],
-        summarise(herbs, record.symptoms),
+        summarise(herbs),
     )
     return {"id": record.id, "prompt": render_prompt(record.symptoms), "response": response, "herbs": herbs}

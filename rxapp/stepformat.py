@@ -9,12 +9,12 @@ A response has the paper's three parts. Each prescription line is one step that 
 vocabulary herb, with a short explanation; the 【方解】 header is the decision to stop:
 
     【症状分析】
-    主症：恶寒、发热、头痛。……
+    主症：恶寒、发热、头痛；常配麻黄、桂枝。
     【处方】
-    加麻黄：发汗解表，宣肺平喘；针对恶寒；辛、微苦，温；归肺、膀胱经。
+    加麻黄：发汗，用于恶寒
     加桂枝：……
     【方解】
-    ……
+    麻黄、桂枝发汗；……
 
 `parse_response` reads any prefix of a response (for streaming and step rewards) and never raises: a line that is
 not a valid step is kept and marked invalid, and leaves the herb list unchanged.
@@ -38,44 +38,33 @@ STEP_LINE = re.compile(r"^(加|减)\s*([^：:\s]+)\s*(?:[：:]\s*(.*))?$")
 
 @dataclass(frozen=True)
 class Claim:
-    kind: str  # "effect" (能…), "indication" (主治…), "usage" (常用于…: a training statistic), "property" (性味),
-    #            or "channel" (归…经)
+    kind: str  # "effect" (a 功效), "indication" (主治…: a KG fact), "usage" (用于…: a training statistic)
     value: str
 
 
-def render_explanation(effects: Sequence[str] = (), indication: str | None = None, usage: str | None = None,
-                       properties: Sequence[str] = (), channels: Sequence[str] = ()) -> str:
-    """能<effects>；主治<indication> | 常用于<usage>；<性味>；归<channels>经。 (empty parts are left out)"""
-    parts = []
-    if effects:
-        parts.append("能" + "、".join(effects))
+def render_explanation(effects: Sequence[str] = (), indication: str | None = None, usage: str | None = None) -> str:
+    """<effect、effect>，主治<symptom> | 用于<symptom> — short, because a small model writes it at every step; the
+    herb's 性味 and 归经 are shown from the knowledge base beside it."""
+    parts = ["、".join(effects)] if effects else []
     if indication:
         parts.append(f"主治{indication}")
     elif usage:
-        parts.append(f"常用于{usage}")
-    if properties:
-        parts.append("、".join(properties))
-    if channels:
-        parts.append("归" + "、".join(channels) + "经")
-    return "；".join(parts) + "。" if parts else f"{NO_RECORD}。"
+        parts.append(f"用于{usage}")
+    return "，".join(parts) if parts else NO_RECORD
 
 
 def explanation_claims(explanation: str) -> list[Claim]:
     """The checkable claims of an explanation written in the render_explanation form."""
     claims = []
-    for part in explanation.rstrip("。").split("；"):
-        if part == NO_RECORD:
+    for part in explanation.strip().rstrip("。").split("，"):
+        if part == NO_RECORD or not part:
             continue
-        if part.startswith("能"):
-            claims += [Claim("effect", e) for e in part[1:].split("、") if e]
-        elif part.startswith("主治"):
+        if part.startswith("主治"):
             claims.append(Claim("indication", part[2:]))
-        elif part.startswith("常用于"):
-            claims.append(Claim("usage", part[3:]))
-        elif part.startswith("归") and part.endswith("经"):
-            claims += [Claim("channel", c) for c in part[1:-1].split("、") if c]
-        elif part:
-            claims += [Claim("property", p) for p in part.split("、") if p]
+        elif part.startswith("用于"):
+            claims.append(Claim("usage", part[2:]))
+        else:
+            claims += [Claim("effect", e) for e in part.split("、") if e]
     return claims
 
 

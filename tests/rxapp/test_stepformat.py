@@ -1,4 +1,5 @@
 from rxapp.stepformat import (
+    NO_RECORD,
     PRESCRIPTION_HEADER,
     SUMMARY_HEADER,
     Claim,
@@ -52,10 +53,9 @@ def test_structural_problems_are_reported():
 
 
 def test_explanation_claims_round_trip():
-    text = render_explanation(["发汗", "平喘"], None, "恶寒", ["辛", "温"], ["肺", "膀胱"])
-    assert text == "能发汗、平喘；常用于恶寒；辛、温；归肺、膀胱经。"
-    assert explanation_claims(text) == [Claim("effect", "发汗"), Claim("effect", "平喘"), Claim("usage", "恶寒"),
-                                        Claim("property", "辛"), Claim("property", "温"),
-                                        Claim("channel", "肺"), Claim("channel", "膀胱")]
-    assert explanation_claims(render_explanation(indication="咳嗽")) == [Claim("indication", "咳嗽")]
-    assert explanation_claims(render_explanation()) == []
+    text = render_explanation(["发汗", "平喘"], None, "恶寒")
+    assert text == "发汗、平喘，用于恶寒"
+    assert explanation_claims(text) == [Claim("effect", "发汗"), Claim("effect", "平喘"), Claim("usage", "恶寒")]
+    assert explanation_claims(render_explanation(["止咳"], "咳嗽", "恶寒")) == [Claim("effect", "止咳"),
+                                                                              Claim("indication", "咳嗽")]
+    assert render_explanation() == NO_RECORD and explanation_claims(NO_RECORD) == []
