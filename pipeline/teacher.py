@@ -1,6 +1,7 @@
-"""The offline knowledge teacher: writes 症状分析—处方—方解 responses from the herb knowledge and from statistics of
-the training split only. Every claim it makes is a knowledge-graph fact or a training statistic; it is
-deterministic, so its output can be cached and reproduced.
+"""The offline knowledge teacher: writes the 处方 steps and the 方解 from the herb knowledge and from statistics of
+the training split only (the 症状分析 restates the presenting symptoms; see rxapp.stepformat). Every claim it
+makes is a knowledge-graph fact or a training statistic; it is deterministic, so its output can be cached and
+reproduced.
 
 Step order: a record's herbs are ordered most certain first given its symptoms: by the co-occurrence score
 Σ_s P(herb | s) on the training split, then by training popularity, then by vocabulary id. The first steps are
@@ -17,7 +18,7 @@ import numpy as np
 from pipeline.baselines import CoOccurrence, herb_matrix
 from pipeline.data import Record
 from rxapp.knowledge import HerbFacts, knowledge
-from rxapp.stepformat import NO_RECORD, render_explanation, render_prompt, render_response
+from rxapp.stepformat import NO_RECORD, render_analysis, render_explanation, render_prompt, render_response
 from rxapp.vocab import vocab
 
 # First characters of 功效 phrases (补脾益气, 清热解毒 …); the KG mixes these with 主治 (indications).
@@ -25,7 +26,6 @@ ACTION_VERBS = frozenset("清利消祛补止解通活散凉益温润健破化除
                          "排托软逐杀透纳回助暖壮退镇驱截")
 NOT_ACTIONS = frozenset({"发热", "发黄", "消渴", "温疟", "温病", "泻痢", "化脓", "行经", "发狂", "发疹", "消化不良"})
 MAX_EFFECTS = 1
-TOP_HERBS = 2
 
 
 @dataclass
@@ -73,12 +73,6 @@ def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:
     return render_explanation(action_effects(facts), indication, usage)
 
 
-def analyse(symptoms: Sequence[str], stats: TrainStats) -> str:
-    """The presenting symptoms, and the herbs training prescriptions most often give for them together."""
-    top = stats.order(symptoms, vocab().herbs)[:TOP_HERBS]
-    return f"主症：{'、'.join(symptoms)}；常配{'、'.join(top)}。"
-
-
 def summarise(herbs: Sequence[str]) -> str:
     """The herbs grouped by their first 功效; herbs without a known one are named apart."""
     groups: dict[str, list[str]] = {}
@@ -92,7 +86,7 @@ def teach(record: Record, stats: TrainStats) -> dict:
     """One distilled training example: prompt, response, and the herbs in step order."""
     herbs = stats.order(record.symptoms, record.herbs)
     response = render_response(
-        analyse(record.symptoms, stats),
+        render_analysis(record.symptoms),
         [(h, explain(h, record.symptoms, stats)) for h in herbs],
         summarise(herbs),
     )

@@ -9,7 +9,7 @@ A response has the paper's three parts. Each prescription line is one step that 
 vocabulary herb, with a short explanation; the 【方解】 header is the decision to stop:
 
     【症状分析】
-    主症：恶寒、发热、头痛；常配麻黄、桂枝。
+    主症：恶寒、发热、头痛。
     【处方】
     加麻黄：发汗，用于恶寒
     加桂枝：……
@@ -33,6 +33,9 @@ SECTIONS = ("analysis", "prescription", "summary")
 ADD, REMOVE = "加", "减"
 ACTIONS = {ADD: "add", REMOVE: "remove"}
 NO_RECORD = "知识库暂无此药记录"  # an explanation with nothing to say claims nothing
+# Words the format itself writes; the domain tokenizer gives each one token.
+FORMAT_WORDS = ("症状", "孕妇", "是", "否", "症状分析", "处方", "方解", "主症", "主治", "用于", ADD, REMOVE, NO_RECORD)
+
 STEP_LINE = re.compile(r"^(加|减)\s*([^：:\s]+)\s*(?:[：:]\s*(.*))?$")
 
 
@@ -70,6 +73,12 @@ def explanation_claims(explanation: str) -> list[Claim]:
 
 def render_prompt(symptoms: Sequence[str], pregnant: bool = False) -> str:
     return f"症状：{'、'.join(symptoms)}\n孕妇：{'是' if pregnant else '否'}\n"
+
+
+def render_analysis(symptoms: Sequence[str]) -> str:
+    """症状分析 of the default format: the presenting symptoms. It follows from the prompt alone, so the first herb
+    step always starts at a known position (one forward pass gives the first-herb distribution)."""
+    return f"主症：{'、'.join(symptoms)}。"
 
 
 def render_step(herb: str, explanation: str, action: str = "add") -> str:
