@@ -28,15 +28,33 @@ def run_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate_baseline, format_table, reference_row, write_json
+def run_sft(args: argparse.Namespace) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.distill import distill
+    from pipeline.sft import train_sft
 
-    names = list(BASELINES) if "all" in args.baseline else list(dict.fromkeys(args.baseline))
-    rows = [evaluate_baseline(name, args.split) for name in names]
-    out = args.out or Path("runs") / "evaluate" / f"{'-'.join(names)}-{args.split}.json"
+    cfg = PipelineConfig.load(args.config)
+    distill(["train", "validation"], args.out / "distill")
+    best = train_sft(cfg, args.out / "distill", args.out / "sft", resume=args.resume)
+    print(f"best model: {best}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_table, reference_row, write_json
+
+    if args.model:
+        rows = [evaluate_model(args.model, args.split, args.limit)]
+        compared = [evaluate_baseline(name, args.split, args.limit) for name in BASELINES]
+        out = args.out or args.model / f"eval-{args.split}.json"
+    else:
+        names = list(BASELINES) if "all" in args.baseline else list(dict.fromkeys(args.baseline))
+        rows = [evaluate_baseline(name, args.split, args.limit) for name in names]
+        compared = []
+        out = args.out or Path("runs") / "evaluate" / f"{'-'.join(names)}-{args.split}.json"
     document = rows[0] if len(rows) == 1 else rows
     write_json(document, out)
-    table = format_table([*rows, reference_row(args.split)], args.split)
+    table = format_table([*rows, *compared, reference_row(args.split, args.limit)], args.split)
     if args.json:
         print(table, file=sys.stderr)
         print(json.dumps(document, ensure_ascii=False, indent=2))
@@ -56,11 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--split", nargs="+", default=["train", "validation", "test"], choices=SPLITS)
     distill.add_argument("--out", type=Path, default=Path("runs/distill"), help="output folder (default %(default)s)")
     distill.set_defaults(run=run_distill)
+    sft = sub.add_parser("sft", help="supervised fine-tuning on the distilled examples (torchrun for several ranks)")
+    sft.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
+    sft.add_argument("--out", type=Path, required=True, help="run folder (distill/ and sft/ are written in it)")
+    sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    sft.set_defaults(run=run_sft)
     evaluate = sub.add_parser("evaluate", help="evaluate recommenders on a split, beside the published results")
-    evaluate.add_argument("--baseline", nargs="+", required=True, choices=[*BASELINES, "all"],
-                          help="baseline(s) to evaluate, or all")
+    what = evaluate.add_mutually_exclusive_group(required=True)
+    what.add_argument("--baseline", nargs="+", choices=[*BASELINES, "all"], help="baseline(s) to evaluate, or all")
+    what.add_argument("--model", type=Path, help="a trained model folder; shown beside every baseline")
+    evaluate.add_argument("--limit", type=int, help="evaluate the first N records only (quick checks)")
     evaluate.add_argument("--split", default="test", choices=SPLITS)
-    evaluate.add_argument("--out", type=Path, help="JSON file to write (default runs/evaluate/NAME-SPLIT.json)")
+    evaluate.add_argument("--out", type=Path, help="JSON file to write (default: runs/evaluate/NAME-SPLIT.json for "
+                          "baselines, MODEL/eval-SPLIT.json for a model)")
     evaluate.add_argument("--json", action="store_true",
                           help="print the JSON on stdout (the table then goes to stderr)")
     evaluate.set_defaults(run=run_evaluate)

@@ -10,16 +10,18 @@ from tqdm import tqdm
 
 from pipeline.data import SMGCN, load_split
 from pipeline.teacher import TrainStats, teach
+from rxapp import stepformat
 from rxapp.knowledge import KNOWLEDGE_FILE
 from rxapp.vocab import VOCAB_DIR
 
-TEACHER_VERSION = "offline-1"  # change when the teacher's wording changes, so caches are rebuilt
+# A change to any of these (data, knowledge, the teacher's or the format's code) rebuilds the cache.
 INPUTS = (SMGCN / "train.txt", SMGCN / "test.txt", KNOWLEDGE_FILE, VOCAB_DIR / "herbs.yaml",
-          VOCAB_DIR / "symptoms.yaml", Path(__file__).with_name("teacher.py"))
+          VOCAB_DIR / "symptoms.yaml", Path(__file__), Path(__file__).with_name("teacher.py"),
+          Path(stepformat.__file__))
 
 
 def inputs_digest() -> str:
-    digest = hashlib.sha256(TEACHER_VERSION.encode())
+    digest = hashlib.sha256()
     for path in INPUTS:
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -13,6 +13,9 @@ from tqdm import tqdm
 from pipeline.baselines import BASELINES, KNN, rank
 from pipeline.data import Record, load_split
 from pipeline.metrics import jaccard, prescription_metrics, ranking_metrics
+from pipeline.teacher import TrainStats, claim_is_grounded
+from rxapp.ranking import rank_herbs
+from rxapp.stepformat import Response, explanation_claims, parse_response
 
 # Published results on this exact split (TCMRGCL paper, 2025; methods.md §3). Rankings only, no set metrics.
 PUBLISHED = {
@@ -26,7 +29,7 @@ PUBLISHED = {
                 "F1@5": .2418, "F1@10": .2706, "F1@20": .2486},
 }
 COLUMNS = ("P@5", "P@10", "P@20", "R@5", "R@10", "R@20", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate",
-           "pairwise_incompat", "avg_herbs")
+           "pairwise_incompat", "avg_herbs", "grounding", "format_validity")
 KNN_KS = (5, 10, 20, 50, 100, 200)
 MAX_PRESCRIPTION = 20
 
@@ -35,6 +38,7 @@ MAX_PRESCRIPTION = 20
 class Prediction:
     ranking: list[str]  # every herb the model can rank, best first (at least 20)
     prescription: list[str]  # the herbs the model would actually prescribe
+    response: Response | None = None  # the parsed response, for models that write one
 
 
 Predictor = Callable[[Sequence[Record]], list[Prediction]]
@@ -47,10 +51,20 @@ def evaluate(predict: Predictor, records: Sequence[Record]) -> dict[str, float]:
     short = [i for i, p in enumerate(predictions) if len(p.ranking) < max(20, len(p.prescription))]
     if short:
         raise ValueError(f"{len(short)} rankings hold fewer than 20 herbs (first: {records[short[0]].id})")
-    return {
+    metrics = {
         **ranking_metrics([p.ranking for p in predictions], truths),
         **prescription_metrics([p.prescription for p in predictions], truths),
     }
+    responses = [p.response for p in predictions if p.response is not None]
+    if responses:
+        stats = TrainStats.from_records(load_split("train"))
+        claims = [claim_is_grounded(claim, step.herb, r.symptoms, stats)
+                  for p, r in zip(predictions, records, strict=True)
+                  for step in p.response.steps if step.valid and step.action == "add"
+                  for claim in explanation_claims(step.explanation)]
+        metrics["grounding"] = sum(claims) / len(claims) if claims else 0.0
+        metrics["format_validity"] = sum(r.well_formed for r in responses) / len(responses)
+    return metrics
 
 
 def baseline_predictor(name: str, train: Sequence[Record], size: int, k: int | None = None) -> Predictor:
@@ -83,19 +97,52 @@ def tune_baseline(name: str) -> dict[str, int]:
     return settings
 
 
-def evaluate_baseline(name: str, split: str) -> dict:
+def evaluate_baseline(name: str, split: str, limit: int | None = None) -> dict:
     """Tune on validation, fit on the published train file (train without validation when scoring validation
-    itself), and evaluate on `split`."""
+    itself), and evaluate on `split` (its first `limit` records, if given)."""
     settings = tune_baseline(name)
     train = load_split("train" if split == "validation" else "train_full")
-    records = load_split(split)
+    records = load_split(split)[:limit]
     metrics = evaluate(baseline_predictor(name, train, settings["size"], settings.get("k")), records)
     return {"model": name, "split": split, "n": len(records), **metrics, "settings": settings}
 
 
-def reference_row(split: str) -> dict:
+def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
+    """A trained model folder: greedy responses, ranked by the shared rule (generated herbs, then first-step
+    scores)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.generation import generate_responses
+    from pipeline.scoring import first_herb_logprobs
+
+    if (path / "adapter_config.json").exists():  # LoRA adapters over a pretrained base
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path)
+    elif (path / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(path)
+    else:
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json or adapter_config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def predict(records: Sequence[Record]) -> list[Prediction]:
+        symptom_sets = [r.symptoms for r in records]
+        texts = generate_responses(model, tokenizer, symptom_sets, batch_size)
+        scores = first_herb_logprobs(model, tokenizer, symptom_sets)
+        parsed = [parse_response(t) for t in texts]
+        return [Prediction(rank_herbs(p.herbs, s), p.herbs, p) for p, s in zip(parsed, scores, strict=True)]
+
+    return predict
+
+
+def evaluate_model(path: Path, split: str, limit: int | None = None) -> dict:
+    records = load_split(split)[:limit]
+    return {"model": str(path), "split": split, "n": len(records), **evaluate(model_predictor(path), records)}
+
+
+def reference_row(split: str, limit: int | None = None) -> dict:
     """The doctors' own prescriptions: the incompatibility rate and size that real practice shows."""
-    records = load_split(split)
+    records = load_split(split)[:limit]
     truths = [set(r.herbs) for r in records]
     return {"model": "doctors (ground truth)", "split": split, "n": len(records),
             **prescription_metrics([list(r.herbs) for r in records], truths)}

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.baselines import CoOccurrence, herb_matrix
 from pipeline.data import Record
 from rxapp.knowledge import HerbFacts, knowledge
-from rxapp.stepformat import NO_RECORD, render_analysis, render_explanation, render_prompt, render_response
+from rxapp.stepformat import NO_RECORD, Claim, render_analysis, render_explanation, render_prompt, render_response
 from rxapp.vocab import vocab
 
 # First characters of 功效 phrases (补脾益气, 清热解毒 …); the KG mixes these with 主治 (indications).
@@ -64,6 +64,17 @@ def action_effects(facts: HerbFacts, n: int = MAX_EFFECTS) -> list[str]:
             and e not in symptoms][:n]
 
 
+def claim_is_grounded(claim: Claim, herb: str, symptoms: Sequence[str], stats: TrainStats) -> bool:
+    """A 功效 or 主治 claim must be a KG fact about the herb (主治 also a symptom of this patient); a 用于 claim
+    must name a symptom of this patient with which training prescriptions gave the herb."""
+    facts = knowledge()[herb]
+    if claim.kind == "effect":
+        return claim.value in facts.effects
+    if claim.kind == "indication":
+        return claim.value in facts.effects and claim.value in symptoms
+    return claim.value in symptoms and claim.value in vocab().symptom_id and stats.p(herb, claim.value) > 0
+
+
 def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:
     """Why this herb for these symptoms: its first 功效, and the symptom it treats (KG) or was most often prescribed
     for in training (statistics)."""
@@ -90,4 +101,5 @@ def teach(record: Record, stats: TrainStats) -> dict:
         [(h, explain(h, record.symptoms, stats)) for h in herbs],
         summarise(herbs),
     )
-    return {"id": record.id, "prompt": render_prompt(record.symptoms), "response": response, "herbs": herbs}
+    return {"id": record.id, "symptoms": list(record.symptoms), "prompt": render_prompt(record.symptoms),
+            "response": response, "herbs": herbs}

@@ -86,10 +86,23 @@ def render_step(herb: str, explanation: str, action: str = "add") -> str:
     return f"{verb}{herb}：{explanation}\n"
 
 
+def steps_prefix(analysis: str) -> str:
+    """The response up to where the first step begins."""
+    return f"{ANALYSIS_HEADER}\n{analysis}\n{PRESCRIPTION_HEADER}\n"
+
+
 def render_response(analysis: str, steps: Sequence[tuple[str, str]], summary: str) -> str:
     """A whole response from its analysis, (herb, explanation) additions, and summary."""
-    return (f"{ANALYSIS_HEADER}\n{analysis}\n{PRESCRIPTION_HEADER}\n" + "".join(render_step(h, e) for h, e in steps)
-            + f"{SUMMARY_HEADER}\n{summary}\n")
+    return steps_prefix(analysis) + "".join(render_step(h, e) for h, e in steps) + f"{SUMMARY_HEADER}\n{summary}\n"
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt: wrapped in the chat template when the tokenizer has one (pretrained chat bases),
+    as plain text otherwise (the domain model)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=False)
+    return tokenizer.encode(prompt, add_special_tokens=False)
 
 
 @dataclass(frozen=True)

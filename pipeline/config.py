@@ -1,0 +1,69 @@
+"""One config drives the pipeline: a YAML file read into these dataclasses (unknown keys are an error)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import get_type_hints
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    base: str | None = None  # None: the domain model, trained from scratch; else a local HF causal-LM folder (LoRA)
+    hidden_size: int = 256
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 768  # a multiple of 256, so that K-quants apply to every matrix
+    dropout: float = 0.1
+    max_length: int = 512
+    lora_r: int = 16  # LoRA settings apply only to a pretrained base
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    load_in_4bit: bool = False  # QLoRA (bitsandbytes), for GPU bases
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup: float = 0.05  # share of the steps
+    patience: int = 2  # evaluations without improvement before stopping
+    evals_per_epoch: int = 2
+    order: str = "certainty"  # step order of the herbs: "certainty" (the teacher's) or "shuffle" (each epoch)
+    herb_targets: str = "next"  # "next": the herb the order puts there; "set": uniform over the herbs still to add
+    max_train: int | None = None  # cap on training examples (micro config)
+    max_validation: int | None = None
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    @classmethod
+    def load(cls, path: Path) -> PipelineConfig:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return _build(cls, data, str(path))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _build(cls: type, data: dict, where: str):
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    values = {}
+    for name, value in data.items():
+        kind = hints[name]
+        values[name] = _build(kind, value or {}, f"{where}:{name}") if is_dataclass(kind) else value
+    return cls(**values)

@@ -1,0 +1,256 @@
+"""`pipeline sft`: supervised fine-tuning on the distilled examples, with validation, early stopping, checkpoints,
+and data parallelism (torchrun: gloo on CPU, NCCL on GPU).
+
+Loss is on the response only; with `herb_targets: set` each herb step is trained order-free (see `sft_loss`).
+Model selection uses the validation F1@10 of the first-step herb ranking, the
+metric the model is for; validation loss is logged beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from pipeline.baselines import rank
+from pipeline.config import PipelineConfig
+from pipeline.distill import read_examples
+from pipeline.metrics import ranking_metrics
+from pipeline.model import load_model
+from pipeline.scoring import first_herb_logprobs, herb_token_ids
+from rxapp.stepformat import ADD, encode_prompt, parse_response, render_response
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]
+    # herb steps trained order-free: (position of the herb token, the herb tokens still to prescribe there)
+    herb_steps: list[tuple[int, list[int]]] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """What the training loop and its evaluations share."""
+
+    cfg: PipelineConfig
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    validation: list[dict]
+    val_examples: list[Example]
+    out_dir: Path
+    device: str
+    main: bool
+    state: dict
+
+
+def setup_distributed() -> tuple[int, int, str]:
+    """(rank, world size, device) under torchrun, or (0, 1, device) for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return rank, world, device
+
+
+def shuffled_response(example: dict, rng: random.Random) -> str:
+    """The same response with its herb steps in a random order (permutation augmentation)."""
+    parsed = parse_response(example["response"])
+    steps = [(s.herb, s.explanation) for s in parsed.steps]
+    rng.shuffle(steps)
+    return render_response(parsed.analysis, steps, parsed.summary)
+
+
+def encode(tokenizer, prompt: str, response: str, max_length: int, herb_ids: set[int] | None = None) -> Example:
+    """Token ids and labels (loss on the response only). With `herb_ids`, each herb step also records the herbs
+    of the prescription not yet added there, the order-free target of that step."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    response_ids = [*tokenizer.encode(response, add_special_tokens=False), tokenizer.eos_token_id]
+    ids = (prompt_ids + response_ids)[:max_length]
+    example = Example(ids, ([IGNORE] * len(prompt_ids) + response_ids)[:max_length])
+    if herb_ids:
+        add = tokenizer.encode(ADD, add_special_tokens=False)[0]
+        positions = [i for i in range(len(prompt_ids) + 1, len(ids)) if ids[i - 1] == add and ids[i] in herb_ids]
+        herbs = [ids[i] for i in positions]
+        example.herb_steps = [(p, herbs[k:]) for k, p in enumerate(positions)]
+    return example
+
+
+def sft_loss(model, batch: dict[str, torch.Tensor], herb_steps: list[list[tuple[int, list[int]]]]) -> torch.Tensor:
+    """Mean next-token loss over response tokens; at an order-free herb step the target is uniform over the
+    herbs still to prescribe, instead of the one herb the teacher's order put there."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:].clone()
+    logp = logits.float().log_softmax(dim=-1)
+    rows, cols, soft = [], [], torch.zeros((sum(map(len, herb_steps)), logits.shape[-1]), device=logits.device)
+    for row, steps in enumerate(herb_steps):
+        for position, remaining in steps:
+            soft[len(rows), remaining] = 1.0 / len(remaining)
+            rows.append(row)
+            cols.append(position - 1)  # the logits one position earlier predict the herb
+    if rows:
+        targets[rows, cols] = IGNORE
+    hard = targets != IGNORE
+    nll = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[hard].sum()
+    if rows:
+        nll = nll - (logp[rows, cols] * soft).sum()
+    return nll / (hard.sum() + len(rows))
+
+
+def batches(examples: list[Example], size: int, rng: random.Random) -> list[list[Example]]:
+    """Batches of similar length (less padding), in random order."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    pool = size * 50
+    out = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: len(examples[i].ids))
+        out += [[examples[i] for i in chunk[j : j + size]] for j in range(0, len(chunk), size)]
+    rng.shuffle(out)
+    return out
+
+
+def collate(batch: list[Example], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), IGNORE)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):
+        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.ids)] = 1
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+
+
+@torch.no_grad()
+def validation_loss(model, examples: list[Example], pad_id: int, device: str, size: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), size):
+        chunk = examples[start : start + size]
+        batch = collate(chunk, pad_id, device)
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        total += sft_loss(model, batch, [e.herb_steps for e in chunk]).item() * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def first_step_metrics(model, tokenizer, validation: list[dict]) -> dict[str, float]:
+    scores = first_herb_logprobs(model, tokenizer, [e["symptoms"] for e in validation])
+    return ranking_metrics(rank(scores), [set(e["herbs"]) for e in validation])
+
+
+def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: bool = False) -> Path:
+    """Train, keep the best checkpoint by validation F1@10, and return its folder (`out_dir/best`)."""
+    rank_, world, device = setup_distributed()
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    sft = cfg.sft
+    model, tokenizer = load_model(cfg.model, device)
+    train = read_examples(distill_dir / "train.jsonl")[: sft.max_train]
+    validation = read_examples(distill_dir / "validation.jsonl")[: sft.max_validation]
+    wrapped = DistributedDataParallel(model) if world > 1 else model
+    herb_ids = set(herb_token_ids(tokenizer)) if sft.herb_targets == "set" else None
+
+    steps_per_epoch = math.ceil(len(train) / (sft.batch_size * world))
+    total_steps = steps_per_epoch * sft.epochs
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": sft.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=sft.lr)
+    run = Run(cfg, model, tokenizer, optimizer,
+              get_cosine_schedule_with_warmup(optimizer, int(sft.warmup * total_steps), total_steps), validation,
+              [encode(tokenizer, e["prompt"], e["response"], cfg.model.max_length, herb_ids) for e in validation],
+              out_dir, device, rank_ == 0,
+              {"epoch": 0, "step": 0, "best": -1.0, "bad_evals": 0, "stopped": False, "log": []})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (out_dir / "checkpoint.pt").exists():
+        saved = torch.load(out_dir / "checkpoint.pt", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+        run.state = saved["state"]
+
+    eval_every = math.ceil(steps_per_epoch / sft.evals_per_epoch)
+    start_time = time.time()
+    for epoch in range(run.state["epoch"], 0 if run.state["stopped"] else sft.epochs):
+        run.state["epoch"] = epoch
+        rng = random.Random(cfg.seed * 1000 + epoch)  # the same batches on resume
+        texts = [(e["prompt"], shuffled_response(e, rng) if sft.order == "shuffle" else e["response"]) for e in train]
+        examples = [encode(tokenizer, p, r, cfg.model.max_length, herb_ids) for p, r in texts]
+        epoch_batches = batches(examples, sft.batch_size, rng)[rank_::world][:steps_per_epoch]
+        done = run.state["step"] - epoch * steps_per_epoch
+        bar = tqdm(epoch_batches[done:], desc=f"sft epoch {epoch + 1}/{sft.epochs}", disable=not run.main,
+                   unit="batch")
+        for batch in bar:
+            loss = sft_loss(wrapped, collate(batch, tokenizer.pad_token_id, device), [e.herb_steps for e in batch])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            run.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.state["step"] += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            in_epoch = run.state["step"] - epoch * steps_per_epoch
+            if (in_epoch % eval_every == 0 or in_epoch == steps_per_epoch) and evaluate_and_checkpoint(
+                    run, loss.item(), time.time() - start_time):
+                return finish(run, world)
+    return finish(run, world)
+
+
+def finish(run: Run, world: int) -> Path:
+    if world > 1:
+        dist.barrier()
+    return run.out_dir / "best"
+
+
+def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool:
+    """Log validation metrics, keep the best model, write a resumable checkpoint; True when patience runs out.
+    Every rank computes the same validation numbers, so every rank takes the same decision."""
+    state, size = run.state, run.cfg.sft.batch_size * 2
+    val_loss = validation_loss(run.model, run.val_examples, run.tokenizer.pad_token_id, run.device, size)
+    metrics = first_step_metrics(run.model, run.tokenizer, run.validation)
+    entry = {"step": state["step"], "epoch": state["epoch"] + 1, "train_loss": train_loss, "val_loss": val_loss,
+             "val_P@5": metrics["P@5"], "val_F1@10": metrics["F1@10"], "elapsed_s": round(elapsed, 1)}
+    state["log"].append(entry)
+    improved = metrics["F1@10"] > state["best"]
+    state["best"] = max(state["best"], metrics["F1@10"])
+    state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+    state["stopped"] = state["bad_evals"] >= run.cfg.sft.patience
+    if run.main:
+        tqdm.write(json.dumps(entry))
+        if improved:
+            run.model.save_pretrained(run.out_dir / "best")
+            run.tokenizer.save_pretrained(run.out_dir / "best")
+        tmp = run.out_dir / "checkpoint.pt.tmp"
+        torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(), "state": state}, tmp)
+        tmp.replace(run.out_dir / "checkpoint.pt")
+        (run.out_dir / "log.json").write_text(json.dumps(state["log"], indent=2) + "\n")
+    return state["stopped"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

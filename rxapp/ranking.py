@@ -1,0 +1,21 @@
+"""How one generated prescription becomes a ranked list of herbs; the evaluator and the app use this same rule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rxapp.vocab import vocab
+
+
+def rank_herbs(generated: Sequence[str], first_step_scores: Sequence[float]) -> list[str]:
+    """The generated herbs in step order, then every other vocabulary herb by the model's first-step score
+    (one score per vocabulary herb, in vocabulary order; ties keep vocabulary order)."""
+    herbs = vocab().herbs
+    if len(first_step_scores) != len(herbs):
+        raise ValueError(f"need one score per vocabulary herb ({len(herbs)}), got {len(first_step_scores)}")
+    chosen = list(dict.fromkeys(generated))
+    taken = set(chosen)
+    rest = [herbs[i] for i in np.argsort(-np.asarray(first_step_scores), kind="stable") if herbs[i] not in taken]
+    return chosen + rest

@@ -1,0 +1,18 @@
+import pytest
+
+from pipeline.config import PipelineConfig
+
+CONFIGS = ["configs/micro.yaml", "configs/default.yaml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_load(path):
+    cfg = PipelineConfig.load(path)
+    assert cfg.model.intermediate_size % 256 == 0 and cfg.model.hidden_size % cfg.model.heads == 0
+
+
+def test_unknown_settings_are_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sft:\n  epochz: 3\n")
+    with pytest.raises(ValueError, match="epochz"):
+        PipelineConfig.load(path)

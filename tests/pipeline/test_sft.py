@@ -1,0 +1,70 @@
+"""The micro config trains and evaluates inside the test suite: one process, resumed, and two processes (gloo)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoTokenizer
+
+from pipeline.tokenizer import build_tokenizer
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "sft", "--config", "configs/micro.yaml", "--out",
+                             str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_sft_writes_the_best_model_a_checkpoint_and_a_log(micro_run):
+    best = micro_run / "sft" / "best"
+    assert (best / "config.json").exists() and (best / "model.safetensors").exists()
+    assert (micro_run / "sft" / "checkpoint.pt").exists()
+    log = json.loads((micro_run / "sft" / "log.json").read_text())
+    assert len(log) >= 2 and {"val_loss", "val_P@5", "val_F1@10"} <= log[0].keys()
+    assert log[-1]["val_loss"] < log[0]["val_loss"]  # it learns
+
+
+def test_saved_tokenizer_reloads_identically(micro_run):
+    reloaded = AutoTokenizer.from_pretrained(micro_run / "sft" / "best")
+    built = build_tokenizer()
+    text = (micro_run / "distill" / "validation.jsonl").read_text(encoding="utf-8")[:20000]
+    assert reloaded.encode(text) == built.encode(text)
+
+
+def test_resume_continues_from_the_checkpoint(micro_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(micro_run, copy)
+    before = json.loads((copy / "sft" / "log.json").read_text())
+    result = subprocess.run([sys.executable, "-m", "pipeline", "sft", "--config", "configs/micro.yaml", "--out",
+                             str(copy), "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((copy / "sft" / "log.json").read_text()) == before  # finished runs are not redone
+
+
+def test_model_evaluation_reports_grounding_and_validity(micro_run, cli, tmp_path):
+    out = tmp_path / "eval.json"
+    result = cli("-m", "pipeline", "evaluate", "--model", str(micro_run / "sft" / "best"), "--split", "validation",
+                 "--limit", "40", "--json", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout)
+    assert row["n"] == 40 and {"P@5", "F1@10", "grounding", "format_validity", "incompat_rate"} <= row.keys()
+    assert "cooccurrence" in result.stderr  # shown beside the baselines
+
+
+def test_two_process_data_parallel_training_on_gloo(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29517", "-m", "pipeline", "sft", "--config", "configs/micro.yaml",
+                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = json.loads((tmp_path / "sft" / "log.json").read_text())
+    micro_steps_one_process = 64  # 1024 examples / 32 per batch × 2 epochs
+    assert log[-1]["step"] == micro_steps_one_process // 2  # each rank takes half the batches
