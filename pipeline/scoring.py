@@ -51,32 +51,3 @@ def first_herb_logprobs(model, tokenizer, symptom_sets: Sequence[Sequence[str]],
     model.train(was_training)
     return np.concatenate(out)
 
-
-@torch.no_grad()
-def path_herb_probs(model, tokenizer, symptom_sets: Sequence[Sequence[str]], responses: Sequence[str],
-                    batch_size: int = 64) -> np.ndarray:
-    """Σ over the steps of each response of P(step adds h | the response so far), for every vocabulary herb:
-    (records × herbs). One teacher-forced pass over prompt + response; the herb is predicted right after 加."""
-    herb_ids = torch.tensor(herb_token_ids(tokenizer))
-    add_id = tokenizer.encode(ADD, add_special_tokens=False)[0]
-    device = next(model.parameters()).device
-    model.eval()
-    out = np.zeros((len(symptom_sets), len(herb_ids)))
-    for start in range(0, len(symptom_sets), batch_size):
-        seqs, starts = [], []
-        for symptoms, response in zip(symptom_sets[start : start + batch_size], responses[start : start + batch_size],
-                                      strict=True):
-            prompt = encode_prompt(tokenizer, render_prompt(symptoms))
-            seqs.append(prompt + tokenizer.encode(response, add_special_tokens=False))
-            starts.append(len(prompt))
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq)
-        logits = model(input_ids=ids.to(device)).logits
-        for row, (seq, first) in enumerate(zip(seqs, starts, strict=True)):
-            positions = [i for i in range(first, len(seq)) if seq[i] == add_id]
-            if positions:
-                probs = logits[row, positions].float().softmax(dim=-1)[:, herb_ids.to(device)]
-                out[start + row] = probs.sum(dim=0).cpu().numpy()
-    return out
