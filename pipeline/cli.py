@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pipeline.baselines import BASELINES
 from pipeline.data import SPLITS
+from pipeline.export import QUANTISATIONS
+from pipeline.llm_teacher import TeacherError
 from rxapp.knowledge import KNOWLEDGE_FILE
 
 
@@ -21,22 +23,38 @@ def run_knowledge(args: argparse.Namespace) -> int:
 
 
 def run_distill(args: argparse.Namespace) -> int:
+    from pipeline.config import TeacherConfig
     from pipeline.distill import distill
 
-    for split, path in distill(args.split, args.out).items():
+    teacher = TeacherConfig("openai", args.teacher_url, args.teacher_model, args.rpm) if args.teacher_url else None
+    for split, path in distill(args.split, args.out, teacher.endpoint() if teacher else None, args.limit).items():
         print(f"{split}: {path}")
     return 0
 
 
 def run_sft(args: argparse.Namespace) -> int:
+    import torch.distributed
+
     from pipeline.config import PipelineConfig
     from pipeline.distill import distill
-    from pipeline.sft import train_sft
+    from pipeline.sft import setup_distributed, train_sft
 
     cfg = PipelineConfig.load(args.config)
-    distill(["train", "validation"], args.out / "distill")
+    rank, world, _ = setup_distributed()
+    if rank == 0:  # one writer; the other ranks wait for its files
+        distill(["train", "validation"], args.out / "distill", cfg.teacher.endpoint(), cfg.teacher.limit)
+    if world > 1:
+        torch.distributed.barrier()
     best = train_sft(cfg, args.out / "distill", args.out / "sft", resume=args.resume)
     print(f"best model: {best}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pipeline.export import export
+
+    for kind, path in export(args.model, args.out, tuple(args.quant)).items():
+        print(f"{kind}: {path}")
     return 0
 
 
@@ -70,15 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     knowledge = sub.add_parser("knowledge", help="rebuild assets/knowledge/herbs.json from the raw KDHR files")
     knowledge.add_argument("--out", type=Path, default=KNOWLEDGE_FILE, help="where to write (default: %(default)s)")
     knowledge.set_defaults(run=run_knowledge)
-    distill = sub.add_parser("distill", help="write 症状分析—处方—方解 training examples with the offline teacher")
+    distill = sub.add_parser("distill", help="write 症状分析—处方—方解 training examples (knowledge teacher, or an "
+                             "OpenAI-compatible endpoint with --teacher-url)")
     distill.add_argument("--split", nargs="+", default=["train", "validation", "test"], choices=SPLITS)
     distill.add_argument("--out", type=Path, default=Path("runs/distill"), help="output folder (default %(default)s)")
+    distill.add_argument("--teacher-url", help="chat-completions base URL, e.g. http://127.0.0.1:8000/v1 "
+                         "(key from OPENAI_API_KEY); answers cached in OUT/llm-SPLIT.jsonl")
+    distill.add_argument("--teacher-model", default="gpt-4o", help="model name sent to the endpoint")
+    distill.add_argument("--rpm", type=float, default=60.0, help="requests per minute at most (default %(default)s)")
+    distill.add_argument("--limit", type=int, help="ask the endpoint about the first N records of each split only")
     distill.set_defaults(run=run_distill)
     sft = sub.add_parser("sft", help="supervised fine-tuning on the distilled examples (torchrun for several ranks)")
     sft.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
     sft.add_argument("--out", type=Path, required=True, help="run folder (distill/ and sft/ are written in it)")
     sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     sft.set_defaults(run=run_sft)
+    export = sub.add_parser("export", help="merged HF folder, GGUF f16 and quantised GGUFs of a trained model")
+    export.add_argument("--model", type=Path, required=True, help="trained model folder, e.g. RUN/sft/best")
+    export.add_argument("--out", type=Path, required=True, help="output folder (hf/, model-f16.gguf, model-Q.gguf)")
+    export.add_argument("--quant", nargs="*", default=list(QUANTISATIONS), choices=QUANTISATIONS,
+                        help="quantisations to make (default: %(default)s)")
+    export.set_defaults(run=run_export)
     evaluate = sub.add_parser("evaluate", help="evaluate recommenders on a split, beside the published results")
     what = evaluate.add_mutually_exclusive_group(required=True)
     what.add_argument("--baseline", nargs="+", choices=[*BASELINES, "all"], help="baseline(s) to evaluate, or all")
@@ -97,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TeacherError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # one readable line, never a traceback

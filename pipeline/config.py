@@ -36,14 +36,35 @@ class SFTConfig:
     evals_per_epoch: int = 2
     order: str = "certainty"  # step order of the herbs: "certainty" (the teacher's) or "shuffle" (each epoch)
     herb_targets: str = "next"  # "next": the herb the order puts there; "set": uniform over the herbs still to add
+    teacher_weight: float = 0.0  # with "set": share of each herb step's target from the co-occurrence teacher
     max_train: int | None = None  # cap on training examples (micro config)
     max_validation: int | None = None
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "knowledge"  # "knowledge": the offline teacher; "openai": a chat-completions endpoint, then knowledge
+    url: str | None = None  # e.g. http://127.0.0.1:8000/v1 (the key, if any, comes from OPENAI_API_KEY)
+    model: str = "gpt-4o"
+    requests_per_minute: float = 60.0
+    limit: int | None = None  # ask the endpoint about the first N records of each split only (cost control)
+
+    def endpoint(self):
+        """The endpoint to distill with, or None for the knowledge teacher."""
+        from pipeline.llm_teacher import Endpoint
+
+        if self.kind == "knowledge":
+            return None
+        if self.kind != "openai" or not self.url:
+            raise ValueError(f"teacher: kind must be knowledge, or openai with a url (got {self.kind!r}, {self.url!r})")
+        return Endpoint(self.url, self.model, requests_per_minute=self.requests_per_minute)
 
 
 @dataclass
 class PipelineConfig:
     name: str = "default"
     seed: int = 0
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
 

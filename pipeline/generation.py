@@ -1,51 +1,52 @@
 """Batched, format-constrained greedy generation with a Hugging Face model (evaluation and preference sampling).
 
 The 症状分析 of the default format follows from the prompt, so it is given, not generated; from 【处方】 on, a
-logits processor keeps decoding inside the step format: after a step only 加 (another step) or 【 (stop, on to
-【方解】) may follow, and after 加 only a vocabulary herb not already prescribed.
+logits processor keeps decoding inside the step format exactly as the app's stepper does (rxapp.decoding): after
+a step only 加 (another step) or 【 (stop; 【方解】 is then given) may follow, after 加 only a vocabulary herb not
+already prescribed, and an explanation's 主治/用于 claims may only name the patient's symptoms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 
 import torch
 from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from pipeline.scoring import herb_token_ids
-from rxapp.stepformat import ADD, encode_prompt, render_analysis, render_prompt, steps_prefix
-
-MAX_HERBS = 50  # the longest training prescription has 43 herbs
+from rxapp.decoding import FormatTokens, claim_targets
+from rxapp.stepformat import SUMMARY_HEADER, encode_prompt, render_analysis, render_prompt, steps_prefix
+from rxapp.vocab import vocab
 
 
 class StepConstraints(LogitsProcessor):
-    def __init__(self, tokenizer, start: int, max_herbs: int = MAX_HERBS) -> None:
-        self.add = tokenizer.encode(ADD, add_special_tokens=False)[0]
-        self.stop = tokenizer.encode("【", add_special_tokens=False)[0]
-        self.newline = tokenizer.encode("\n", add_special_tokens=False)[0]
-        self.herbs = herb_token_ids(tokenizer)
-        self.start = start  # generated tokens begin here (the width of the left-padded input)
-        self.max_herbs = max_herbs
+    """The token-level step format (rxapp.decoding) as a transformers logits processor: format markers, herbs, and
+    the symptoms an explanation's claims may name, as in the app's stepper."""
 
-    def allowed(self, generated: list[int]) -> list[int] | None:
-        """Token ids allowed next, or None where the format leaves the model free (explanations, 方解)."""
-        if self.stop in generated:
-            return None
-        last = generated[-1] if generated else self.newline  # the input ends with 【处方】 and a newline
-        chosen = {t for prev, t in pairwise(generated) if prev == self.add}
-        if last == self.add:
-            return [h for h in self.herbs if h not in chosen]
-        if last == self.newline:
-            if not chosen:
-                return [self.add]
-            return [self.stop] if len(chosen) >= self.max_herbs else [self.add, self.stop]
-        return None
+    def __init__(self, tokenizer, start: int, symptom_sets: Sequence[Sequence[str]]) -> None:
+        self.tokenize = lambda text: tokenizer.encode(text, add_special_tokens=False)
+        self.format = FormatTokens.of(self.tokenize)
+        self.start = start  # generated tokens begin here (the width of the left-padded input)
+        self.symptom_sets = symptom_sets
+        self.herb_names = dict(zip(self.format.herbs, vocab().herbs, strict=True))
+        self.header = self.tokenize(SUMMARY_HEADER + "\n")  # begins with the stop token 【
+        self.claims: dict[tuple[int, int], dict[int, list[int]]] = {}  # (row, herb token) -> claim_targets
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(input_ids.shape[0]):
-            allowed = self.allowed(input_ids[row, self.start :].tolist())
+            generated = input_ids[row, self.start :].tolist()
+            allowed = self.format.allowed(generated)
+            if self.format.stop in generated:
+                given = len(generated) - generated.index(self.format.stop)
+                allowed = [self.header[given]] if given < len(self.header) else None
+            chosen = self.format.chosen(generated)
+            if allowed is None and chosen and self.format.stop not in generated:  # inside a step's explanation
+                key = (row, chosen[-1])
+                if key not in self.claims:
+                    self.claims[key] = claim_targets(self.tokenize, self.herb_names[key[1]], self.symptom_sets[row])
+                allowed = self.claims[key].get(generated[-1])
+                if allowed is None:
+                    scores[row, self.format.stop] = float("-inf")
             if allowed is not None:
                 mask = torch.full_like(scores[row], float("-inf"))
                 mask[allowed] = 0.0
@@ -73,7 +74,8 @@ def generate_responses(model, tokenizer, symptom_sets: Sequence[Sequence[str]], 
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id,
-                             logits_processor=LogitsProcessorList([StepConstraints(tokenizer, width)]))
+                             logits_processor=LogitsProcessorList([StepConstraints(
+                                 tokenizer, width, symptom_sets[start : start + batch_size])]))
         texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         responses += [p + t for p, t in zip(prefixes, texts, strict=True)]
     return responses

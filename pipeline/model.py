@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from pipeline.config import ModelConfig
 from pipeline.tokenizer import build_tokenizer
+from rxapp.stepformat import ADD, REMOVE
+from rxapp.vocab import vocab
 
 
 def new_domain_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2ForCausalLM:
@@ -32,6 +34,25 @@ def add_residual_dropout(model: Qwen2ForCausalLM, p: float) -> None:
     for layer in model.model.layers:
         layer.self_attn.o_proj.register_forward_hook(drop)
         layer.mlp.down_proj.register_forward_hook(drop)
+
+
+def add_herb_tokens(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Make every vocabulary herb and step action one token of a pretrained tokenizer, as they are in the domain
+    tokenizer, so that herb scores and the stepper's herb constraints work the same for every model. A new token's
+    embedding starts as the mean of the pieces it replaces. Returns the new token ids."""
+    words = [w for w in (*vocab().herbs, ADD, REMOVE) if len(tokenizer.encode(w, add_special_tokens=False)) != 1]
+    if not words:
+        return []
+    pieces = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+    tokenizer.add_tokens(words)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    new_ids = tokenizer.convert_tokens_to_ids(words)
+    matrices = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())}
+    with torch.no_grad():
+        for weight in matrices.values():
+            for token, old in zip(new_ids, pieces, strict=True):
+                weight[token] = weight[old].mean(dim=0)
+    return new_ids
 
 
 def load_model(cfg: ModelConfig, device: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
@@ -58,8 +79,15 @@ def load_model(cfg: ModelConfig, device: str) -> tuple[torch.nn.Module, PreTrain
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    new_ids = add_herb_tokens(model, tokenizer)
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model)
+    # new tokens' embedding rows are trained beside the adapters (both ends when the output layer is not tied)
+    trainable = None
+    if new_ids:
+        tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
+        trainable = {"embed_tokens": new_ids} if tied else {"embed_tokens": new_ids, "lm_head": new_ids}
     model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+                                             target_modules="all-linear", task_type="CAUSAL_LM",
+                                             trainable_token_indices=trainable))
     return (model if cfg.load_in_4bit else model.to(device)), tokenizer

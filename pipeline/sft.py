@@ -23,12 +23,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from pipeline.baselines import rank
+from pipeline.baselines import CoOccurrence, rank
 from pipeline.config import PipelineConfig
+from pipeline.data import load_split
 from pipeline.distill import read_examples
 from pipeline.metrics import ranking_metrics
 from pipeline.model import load_model
 from pipeline.scoring import first_herb_logprobs, herb_token_ids
+from rxapp.backends import HF_METADATA
+from rxapp.modelinfo import model_metadata
 from rxapp.stepformat import ADD, encode_prompt, parse_response, render_response
 
 IGNORE = -100
@@ -40,6 +43,8 @@ class Example:
     labels: list[int]
     # herb steps trained order-free: (position of the herb token, the herb tokens still to prescribe there)
     herb_steps: list[tuple[int, list[int]]] = field(default_factory=list)
+    # the co-occurrence teacher's distribution over the vocabulary herbs (vocabulary order) for this prompt
+    teacher: np.ndarray | None = None
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Run:
     scheduler: object
     validation: list[dict]
     val_examples: list[Example]
+    herb_ids: torch.Tensor  # the token of each vocabulary herb, in vocabulary order
     out_dir: Path
     device: str
     main: bool
@@ -81,13 +87,14 @@ def shuffled_response(example: dict, rng: random.Random) -> str:
     return render_response(parsed.analysis, steps, parsed.summary)
 
 
-def encode(tokenizer, prompt: str, response: str, max_length: int, herb_ids: set[int] | None = None) -> Example:
+def encode(tokenizer, prompt: str, response: str, max_length: int, herb_ids: set[int] | None = None,
+           teacher: np.ndarray | None = None) -> Example:
     """Token ids and labels (loss on the response only). With `herb_ids`, each herb step also records the herbs
     of the prescription not yet added there, the order-free target of that step."""
     prompt_ids = encode_prompt(tokenizer, prompt)
     response_ids = [*tokenizer.encode(response, add_special_tokens=False), tokenizer.eos_token_id]
     ids = (prompt_ids + response_ids)[:max_length]
-    example = Example(ids, ([IGNORE] * len(prompt_ids) + response_ids)[:max_length])
+    example = Example(ids, ([IGNORE] * len(prompt_ids) + response_ids)[:max_length], teacher=teacher)
     if herb_ids:
         add = tokenizer.encode(ADD, add_special_tokens=False)[0]
         positions = [i for i in range(len(prompt_ids) + 1, len(ids)) if ids[i - 1] == add and ids[i] in herb_ids]
@@ -96,16 +103,38 @@ def encode(tokenizer, prompt: str, response: str, max_length: int, herb_ids: set
     return example
 
 
-def sft_loss(model, batch: dict[str, torch.Tensor], herb_steps: list[list[tuple[int, list[int]]]]) -> torch.Tensor:
-    """Mean next-token loss over response tokens; at an order-free herb step the target is uniform over the
-    herbs still to prescribe, instead of the one herb the teacher's order put there."""
+def encode_all(tokenizer, examples: list[dict], responses: list[str], cfg: PipelineConfig,
+               order_free: set[int] | None, teacher: CoOccurrence | None) -> list[Example]:
+    """`encode` each distilled example with the given response text, and with its teacher distribution."""
+    priors = [None] * len(examples)
+    if teacher is not None:
+        scores = teacher.scores([e["symptoms"] for e in examples]).astype(np.float32)
+        priors = list(scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12))
+    return [encode(tokenizer, e["prompt"], r, cfg.model.max_length, order_free, p)
+            for e, r, p in zip(examples, responses, priors, strict=True)]
+
+
+def sft_loss(model, batch: dict[str, torch.Tensor], examples: list[Example], herb_ids: torch.Tensor | None = None,
+             teacher_weight: float = 0.0) -> torch.Tensor:
+    """Mean next-token loss over response tokens. At an order-free herb step the target is a distribution instead
+    of the one herb the teacher's order put there: uniform over the herbs still to prescribe, mixed with weight
+    `teacher_weight` with the co-occurrence teacher's distribution over the herbs not yet added."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["labels"][:, 1:].clone()
     logp = logits.float().log_softmax(dim=-1)
-    rows, cols, soft = [], [], torch.zeros((sum(map(len, herb_steps)), logits.shape[-1]), device=logits.device)
-    for row, steps in enumerate(herb_steps):
-        for position, remaining in steps:
+    rows, cols, soft = [], [], torch.zeros((sum(len(e.herb_steps) for e in examples), logits.shape[-1]))
+    for row, example in enumerate(examples):
+        prior = None
+        if teacher_weight and example.teacher is not None:
+            prior = torch.zeros(logits.shape[-1])
+            prior[herb_ids] = torch.from_numpy(example.teacher)
+        for k, (position, remaining) in enumerate(example.herb_steps):
             soft[len(rows), remaining] = 1.0 / len(remaining)
+            if prior is not None:
+                if k:
+                    prior[example.herb_steps[k - 1][1][0]] = 0.0  # the herb added at the previous step
+                if prior.sum() > 0:  # symptoms never seen in training give the teacher nothing to say
+                    soft[len(rows)] = (1 - teacher_weight) * soft[len(rows)] + teacher_weight * prior / prior.sum()
             rows.append(row)
             cols.append(position - 1)  # the logits one position earlier predict the herb
     if rows:
@@ -113,7 +142,7 @@ def sft_loss(model, batch: dict[str, torch.Tensor], herb_steps: list[list[tuple[
     hard = targets != IGNORE
     nll = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[hard].sum()
     if rows:
-        nll = nll - (logp[rows, cols] * soft).sum()
+        nll = nll - (logp[rows, cols] * soft.to(logp.device)).sum()
     return nll / (hard.sum() + len(rows))
 
 
@@ -143,14 +172,15 @@ def collate(batch: list[Example], pad_id: int, device: str) -> dict[str, torch.T
 
 
 @torch.no_grad()
-def validation_loss(model, examples: list[Example], pad_id: int, device: str, size: int) -> float:
+def validation_loss(model, examples: list[Example], pad_id: int, device: str, size: int, herb_ids: torch.Tensor,
+                    teacher_weight: float) -> float:
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), size):
         chunk = examples[start : start + size]
         batch = collate(chunk, pad_id, device)
         n = int((batch["labels"][:, 1:] != IGNORE).sum())
-        total += sft_loss(model, batch, [e.herb_steps for e in chunk]).item() * n
+        total += sft_loss(model, batch, chunk, herb_ids, teacher_weight).item() * n
         count += n
     model.train()
     return total / max(count, 1)
@@ -170,7 +200,9 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
     train = read_examples(distill_dir / "train.jsonl")[: sft.max_train]
     validation = read_examples(distill_dir / "validation.jsonl")[: sft.max_validation]
     wrapped = DistributedDataParallel(model) if world > 1 else model
-    herb_ids = set(herb_token_ids(tokenizer)) if sft.herb_targets == "set" else None
+    herb_ids = torch.tensor(herb_token_ids(tokenizer))
+    order_free = set(herb_ids.tolist()) if sft.herb_targets == "set" else None
+    teacher = CoOccurrence().fit(load_split("train")) if sft.teacher_weight else None
 
     steps_per_epoch = math.ceil(len(train) / (sft.batch_size * world))
     total_steps = steps_per_epoch * sft.epochs
@@ -180,8 +212,8 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
                                    {"params": no_decay, "weight_decay": 0.0}], lr=sft.lr)
     run = Run(cfg, model, tokenizer, optimizer,
               get_cosine_schedule_with_warmup(optimizer, int(sft.warmup * total_steps), total_steps), validation,
-              [encode(tokenizer, e["prompt"], e["response"], cfg.model.max_length, herb_ids) for e in validation],
-              out_dir, device, rank_ == 0,
+              encode_all(tokenizer, validation, [e["response"] for e in validation], cfg, order_free, teacher),
+              herb_ids, out_dir, device, rank_ == 0,
               {"epoch": 0, "step": 0, "best": -1.0, "bad_evals": 0, "stopped": False, "log": []})
     out_dir.mkdir(parents=True, exist_ok=True)
     if resume and (out_dir / "checkpoint.pt").exists():
@@ -196,14 +228,15 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
     for epoch in range(run.state["epoch"], 0 if run.state["stopped"] else sft.epochs):
         run.state["epoch"] = epoch
         rng = random.Random(cfg.seed * 1000 + epoch)  # the same batches on resume
-        texts = [(e["prompt"], shuffled_response(e, rng) if sft.order == "shuffle" else e["response"]) for e in train]
-        examples = [encode(tokenizer, p, r, cfg.model.max_length, herb_ids) for p, r in texts]
+        responses = [shuffled_response(e, rng) if sft.order == "shuffle" else e["response"] for e in train]
+        examples = encode_all(tokenizer, train, responses, cfg, order_free, teacher)
         epoch_batches = batches(examples, sft.batch_size, rng)[rank_::world][:steps_per_epoch]
         done = run.state["step"] - epoch * steps_per_epoch
         bar = tqdm(epoch_batches[done:], desc=f"sft epoch {epoch + 1}/{sft.epochs}", disable=not run.main,
                    unit="batch")
         for batch in bar:
-            loss = sft_loss(wrapped, collate(batch, tokenizer.pad_token_id, device), [e.herb_steps for e in batch])
+            loss = sft_loss(wrapped, collate(batch, tokenizer.pad_token_id, device), batch, run.herb_ids,
+                            sft.teacher_weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -228,7 +261,8 @@ def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool
     """Log validation metrics, keep the best model, write a resumable checkpoint; True when patience runs out.
     Every rank computes the same validation numbers, so every rank takes the same decision."""
     state, size = run.state, run.cfg.sft.batch_size * 2
-    val_loss = validation_loss(run.model, run.val_examples, run.tokenizer.pad_token_id, run.device, size)
+    val_loss = validation_loss(run.model, run.val_examples, run.tokenizer.pad_token_id, run.device, size,
+                               run.herb_ids, run.cfg.sft.teacher_weight)
     metrics = first_step_metrics(run.model, run.tokenizer, run.validation)
     entry = {"step": state["step"], "epoch": state["epoch"] + 1, "train_loss": train_loss, "val_loss": val_loss,
              "val_P@5": metrics["P@5"], "val_F1@10": metrics["F1@10"], "elapsed_s": round(elapsed, 1)}
@@ -242,6 +276,7 @@ def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool
         if improved:
             run.model.save_pretrained(run.out_dir / "best")
             run.tokenizer.save_pretrained(run.out_dir / "best")
+            (run.out_dir / "best" / HF_METADATA).write_text(json.dumps(model_metadata(), indent=2) + "\n")
         tmp = run.out_dir / "checkpoint.pt.tmp"
         torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                     "scheduler": run.scheduler.state_dict(), "state": state}, tmp)

@@ -1,13 +1,85 @@
-"""Command line: `python -m rxapp check` (safety of a prescription) and `python -m rxapp parse` (symptoms)."""
+"""Command line: `python -m rxapp recommend` (a prescription step by step), `check` (safety of a prescription) and
+`parse` (symptoms)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from rxapp import ASSETS
+from rxapp.modelinfo import ModelMismatchError
 from rxapp.safety import DoseError, Patient, parse_doses, rules
 from rxapp.vocab import HerbInputError, SymptomInputError, split_herb_list, vocab
+
+DEFAULT_MODEL = ASSETS / "models" / "default" / "model-q4_k_m.gguf"
+
+
+def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg) -> dict:
+    """One case, run through the stepper, as the JSON the CLI prints."""
+    from rxapp.stepper import Recommendation, recommend
+
+    parsed = vocab().parse_symptoms(text)
+    if not parsed.symptoms:
+        raise SymptomInputError("none of the input was recognised as a symptom of the vocabulary"
+                                + (f" (unrecognised: {'、'.join(parsed.unrecognised[:5])})" if parsed.unrecognised
+                                   else ""))
+    final = next(e for e in recommend(backend, parsed.symptoms, pregnant, cfg) if isinstance(e, Recommendation))
+    return {
+        "id": case_id, "symptoms": final.symptoms, "unrecognised": parsed.unrecognised, "pregnant": pregnant,
+        "analysis": final.analysis,
+        "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "explanation": s.explanation,
+                   "facts": s.facts.summary() if s.facts else None, "probability": round(s.probability, 4),
+                   "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
+        "summary": final.summary, "warnings": [w.to_dict() for w in final.warnings], "ranking": final.ranking,
+    }
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    from rxapp.backends import load_backend
+    from rxapp.stepper import StepperConfig, warm_up
+
+    cfg = StepperConfig(alpha=args.alpha, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    backend = load_backend(args.model, args.backend, n_gpu_layers=args.n_gpu_layers)
+    warm_up()
+    try:
+        if args.batch is None:
+            out = recommendation_json(None, args.symptoms, args.pregnant, backend, cfg)
+            if args.json:
+                print(json.dumps(out, ensure_ascii=False, indent=2))
+            else:
+                print_recommendation(out)
+            return 0
+        failed = 0
+        for number, line in enumerate(args.batch.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            case = None
+            try:
+                case = json.loads(line)
+                out = recommendation_json(case.get("id", number), str(case["symptoms"]), bool(case.get("pregnant")),
+                                          backend, cfg)
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, SymptomInputError) as e:
+                failed += 1  # one bad line is reported in its place; the batch goes on
+                out = {"id": case.get("id", number) if isinstance(case, dict) else number, "line": number,
+                       "error": f"{type(e).__name__}: {e}"}
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+        return 2 if failed else 0
+    finally:
+        backend.close()
+
+
+def print_recommendation(out: dict) -> None:
+    print("症状: " + "、".join(out["symptoms"]) + ("  (孕妇)" if out["pregnant"] else ""))
+    print(out["analysis"])
+    for step in out["steps"]:
+        print(f"{step['index']}. 加 {step['herb']}：{step['explanation']}")
+        for w in step["warnings"]:
+            print(f"   [{w['severity']}] {w['message']}")
+    print("方解: " + out["summary"])
+    print("排序: " + " ".join(out["ranking"][:20]))
+    print("本工具仅供执业中医师参考，不能替代临床判断。")
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -54,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rxapp", description="rx: TCM prescription decision support "
                                      "for qualified practitioners (not a diagnosis).")
     sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("recommend", help="build a prescription step by step from symptoms")
+    what = rec.add_mutually_exclusive_group(required=True)
+    what.add_argument("--symptoms", help="free Chinese text, e.g. '咳嗽 恶寒'")
+    what.add_argument("--batch", type=Path, help='JSONL, one {"id", "symptoms", "pregnant"} per line; one JSON '
+                      "line out per line in, in order")
+    rec.add_argument("--pregnant", action="store_true", help="apply the pregnancy rules")
+    rec.add_argument("--alpha", type=float, default=4.0, help="logit cost per broken safety rule (default 4)")
+    rec.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    rec.add_argument("--top-p", type=float, default=1.0)
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="GGUF file or HF folder (default: the "
+                     "embedded model)")
+    rec.add_argument("--backend", choices=["llama", "hf"], help="default: llama for a file, hf for a folder")
+    rec.add_argument("--n-gpu-layers", type=int, default=0, help="llama.cpp layers on the GPU (-1: all)")
+    rec.add_argument("--json", action="store_true", help="print JSON")
+    rec.set_defaults(run=run_recommend)
     check = sub.add_parser("check", help="safety-check a prescription (十八反, 十九畏, pregnancy, toxicity, dose)")
     check.add_argument("--herbs", nargs="+", required=True, metavar="HERB", help="herb names, e.g. 附子 半夏")
     check.add_argument("--pregnant", action="store_true", help="apply the pregnancy rules")
@@ -71,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (SymptomInputError, HerbInputError, DoseError) as e:
+    except (SymptomInputError, HerbInputError, DoseError, ModelMismatchError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the user gets one readable line, never a traceback

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from itertools import chain
 
 import yaml
@@ -153,6 +153,39 @@ class SafetyRules:
                         f"{other} 与 {candidate}：{p['rule']}（{p['note']}），{advice}。" + _unverified(p["verified"]),
                         self._sources(p), p["verified"]))
         return warnings
+
+    def addition_risks(self, current: list[str], patient: Patient = Patient()) -> dict[str, list[SafetyWarning]]:
+        """For every vocabulary herb that adding to `current` would put in a 十八反/十九畏 pair or against a pregnancy
+        rule, those warnings (informational pairs left out): what safety-aware decoding penalises or forbids."""
+        risks: dict[str, list[SafetyWarning]] = {}
+        for other in current:
+            for herb in self._partners().get(self._family(other), ()):
+                found = [w for w in self.pair_warnings([other], herb) if w.severity != "info"]
+                if found:
+                    risks.setdefault(herb, []).extend(found)
+        if patient.pregnant:
+            for herb, warnings in self._pregnancy_risks().items():
+                risks.setdefault(herb, []).extend(warnings)
+        return risks
+
+    @cache  # noqa: B019 (one rule set per process)
+    def _partners(self) -> dict[str, frozenset[str]]:
+        """Family -> the vocabulary herbs that some pair rule sets against it."""
+        partners: dict[str, set[str]] = {}
+        for herb in vocab().herbs:
+            family = self._family(herb)
+            for a, b, _ in self.pairs:
+                for mine, theirs in ((a, b), (b, a)):
+                    if family in mine:
+                        for f in theirs:
+                            partners.setdefault(f, set()).add(herb)
+        return {f: frozenset(h) for f, h in partners.items()}
+
+    @cache  # noqa: B019
+    def _pregnancy_risks(self) -> dict[str, list[SafetyWarning]]:
+        pregnant = Patient(pregnant=True)
+        found = {h: [w for w in self._herb_warnings(h, pregnant) if w.rule.startswith("妊娠")] for h in vocab().herbs}
+        return {h: w for h, w in found.items() if w}
 
     def check_prescription(self, herbs: list[str], patient: Patient = Patient(),
                            doses: dict[str, float] | None = None) -> list[SafetyWarning]:

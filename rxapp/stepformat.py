@@ -28,13 +28,16 @@ from dataclasses import dataclass, field
 
 from rxapp.vocab import vocab
 
+FORMAT_VERSION = 1  # raise on any change a trained model would notice; model files carry it (rxapp/modelinfo.py)
 ANALYSIS_HEADER, PRESCRIPTION_HEADER, SUMMARY_HEADER = "【症状分析】", "【处方】", "【方解】"
 SECTIONS = ("analysis", "prescription", "summary")
 ADD, REMOVE = "加", "减"
 ACTIONS = {ADD: "add", REMOVE: "remove"}
+INDICATION, USAGE = "主治", "用于"  # the explanation's claims about a symptom: a KG indication, a training statistic
 NO_RECORD = "知识库暂无此药记录"  # an explanation with nothing to say claims nothing
 # Words the format itself writes; the domain tokenizer gives each one token.
-FORMAT_WORDS = ("症状", "孕妇", "是", "否", "症状分析", "处方", "方解", "主症", "主治", "用于", ADD, REMOVE, NO_RECORD)
+FORMAT_WORDS = ("症状", "孕妇", "是", "否", "症状分析", "处方", "方解", "主症", INDICATION, USAGE, ADD, REMOVE,
+                NO_RECORD)
 
 STEP_LINE = re.compile(r"^(加|减)\s*([^：:\s]+)\s*(?:[：:]\s*(.*))?$")
 
@@ -50,9 +53,9 @@ def render_explanation(effects: Sequence[str] = (), indication: str | None = Non
     herb's 性味 and 归经 are shown from the knowledge base beside it."""
     parts = ["、".join(effects)] if effects else []
     if indication:
-        parts.append(f"主治{indication}")
+        parts.append(f"{INDICATION}{indication}")
     elif usage:
-        parts.append(f"用于{usage}")
+        parts.append(f"{USAGE}{usage}")
     return "，".join(parts) if parts else NO_RECORD
 
 
@@ -62,10 +65,10 @@ def explanation_claims(explanation: str) -> list[Claim]:
     for part in explanation.strip().rstrip("。").split("，"):
         if part == NO_RECORD or not part:
             continue
-        if part.startswith("主治"):
-            claims.append(Claim("indication", part[2:]))
-        elif part.startswith("用于"):
-            claims.append(Claim("usage", part[2:]))
+        if part.startswith(INDICATION):
+            claims.append(Claim("indication", part.removeprefix(INDICATION)))
+        elif part.startswith(USAGE):
+            claims.append(Claim("usage", part.removeprefix(USAGE)))
         else:
             claims += [Claim("effect", e) for e in part.split("、") if e]
     return claims

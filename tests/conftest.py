@@ -19,3 +19,21 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """A run folder with the micro config trained in it (distill/ and sft/), shared by the tests that need a model."""
+    out = tmp_path_factory.mktemp("micro")
+    result = run_cli("-m", "pipeline", "sft", "--config", "configs/micro.yaml", "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def micro_export(micro_run):
+    """The micro model exported: hf/, model-f16.gguf, model-q8_0.gguf, model-q4_k_m.gguf."""
+    out = micro_run / "export"
+    result = run_cli("-m", "pipeline", "export", "--model", str(micro_run / "sft" / "best"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

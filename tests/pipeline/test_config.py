@@ -2,7 +2,7 @@ import pytest
 
 from pipeline.config import PipelineConfig
 
-CONFIGS = ["configs/micro.yaml", "configs/default.yaml"]
+CONFIGS = ["configs/micro.yaml", "configs/default.yaml", "configs/qwen2.5-0.5b.yaml", "configs/qwen2.5-7b.yaml"]
 
 
 @pytest.mark.parametrize("path", CONFIGS)

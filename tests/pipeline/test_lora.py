@@ -1,14 +1,16 @@
 """The LoRA path for a pretrained base: a local Hugging Face folder (built here: a tiny random Qwen2 with a chat
-template) is fine-tuned with peft adapters and evaluated."""
+template and a general tokenizer, in which herbs take several tokens) gets one token per herb, is fine-tuned with
+peft adapters and evaluated."""
 
 import json
 import subprocess
 import sys
 
 import yaml
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from pipeline.tokenizer import build_tokenizer
+from rxapp.stepformat import FORMAT_WORDS
 from tests.conftest import ROOT
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -17,7 +19,8 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 
 def test_lora_fine_tuning_of_a_local_base(tmp_path, cli):
     base = tmp_path / "base"
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(FORMAT_WORDS)  # characters only: every herb name takes several tokens
+    assert len(tokenizer.encode("当归")) > 1
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(base)
     Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256,
@@ -34,6 +37,8 @@ def test_lora_fine_tuning_of_a_local_base(tmp_path, cli):
     best = tmp_path / "run" / "sft" / "best"
     adapter = json.loads((best / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and not (best / "model.safetensors").exists()  # adapters only, the base untouched
+    assert set(adapter["trainable_token_indices"]) == {"embed_tokens", "lm_head"}  # the new herb tokens' rows
+    assert len(AutoTokenizer.from_pretrained(best).encode("当归")) == 1
 
     evaluated = cli("-m", "pipeline", "evaluate", "--model", str(best), "--split", "validation", "--limit", "16",
                     "--baseline", "cooccurrence", "--json")

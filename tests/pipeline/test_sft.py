@@ -6,20 +6,10 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 from transformers import AutoTokenizer
 
 from pipeline.tokenizer import build_tokenizer
 from tests.conftest import ROOT
-
-
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("micro")
-    result = subprocess.run([sys.executable, "-m", "pipeline", "sft", "--config", "configs/micro.yaml", "--out",
-                             str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
 
 
 def test_sft_writes_the_best_model_a_checkpoint_and_a_log(micro_run):
@@ -58,7 +48,6 @@ def test_model_evaluation_reports_grounding_and_validity(micro_run, cli, tmp_pat
     assert "cooccurrence" in result.stderr  # shown beside the baselines
 
 
-@pytest.mark.skip(reason="known failure: a torchrun child exits non-zero on gloo; open work on issue 3")
 def test_two_process_data_parallel_training_on_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -1,0 +1,66 @@
+"""The step format at the level of tokens, for any model whose tokenizer makes each vocabulary herb one token: which
+tokens may come next once the response has reached 【处方】. The stepper and the batched evaluator both use it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from rxapp.knowledge import knowledge
+from rxapp.modelinfo import ModelMismatchError
+from rxapp.stepformat import ADD, INDICATION, USAGE
+from rxapp.vocab import vocab
+
+MAX_HERBS = 50  # the longest training prescription has 43 herbs
+
+
+@dataclass(frozen=True)
+class FormatTokens:
+    add: int  # 加: another step follows
+    stop: int  # 【: the model stops adding herbs and goes on to 【方解】
+    newline: int
+    herbs: tuple[int, ...]  # the token of each vocabulary herb, in vocabulary order
+
+    @classmethod
+    def of(cls, tokenize: Callable[[str], list[int]], source: str = "the model") -> FormatTokens:
+        """The format's tokens under `tokenize`; ModelMismatchError when a herb or marker is not one token."""
+        def one(text: str) -> int:
+            ids = tokenize(text)
+            if len(ids) != 1:
+                raise ModelMismatchError(f"{source}: {text!r} is {len(ids)} tokens, not one; the model's tokenizer "
+                                         "does not match this app's herb vocabulary")
+            return ids[0]
+
+        return cls(one(ADD), one("【"), one("\n"), tuple(one(h) for h in vocab().herbs))
+
+    def chosen(self, generated: list[int]) -> list[int]:
+        """Herb tokens added so far, in order."""
+        return [t for prev, t in pairwise(generated) if prev == self.add]
+
+    def allowed(self, generated: list[int], max_herbs: int = MAX_HERBS) -> list[int] | None:
+        """Token ids allowed after `generated` (the tokens since 【处方】 and its newline), or None where the format
+        leaves the model free (explanations, 方解)."""
+        if self.stop in generated:
+            return None
+        last = generated[-1] if generated else self.newline
+        chosen = self.chosen(generated)
+        if last == self.add:
+            taken = set(chosen)
+            return [h for h in self.herbs if h not in taken]
+        if last == self.newline:
+            if not chosen:
+                return [self.add]
+            return [self.stop] if len(chosen) >= max_herbs else [self.add, self.stop]
+        return None
+
+
+def claim_targets(tokenize: Callable[[str], list[int]], herb: str, symptoms: Sequence[str]) -> dict[int, list[int]]:
+    """What may follow 主治 and 用于 in a step's explanation: a symptom of this patient (for 主治, one the knowledge
+    graph lists for the herb, when there is one). Empty when the tokenizer does not make those words one token."""
+    words = {w: tokenize(w) for w in (INDICATION, USAGE, *symptoms)}
+    if any(len(t) != 1 for t in words.values()):
+        return {}
+    facts = knowledge().get(herb)
+    indicated = [s for s in symptoms if facts and s in facts.effects] or list(symptoms)
+    return {words[INDICATION][0]: [words[s][0] for s in indicated], words[USAGE][0]: [words[s][0] for s in symptoms]}

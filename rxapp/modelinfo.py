@@ -1,0 +1,38 @@
+"""What a model file declares so that the app can trust it: the step-format version it was trained on and a digest
+of the herb vocabulary its herb tokens stand for. The exporter writes these; the backends check them."""
+
+from __future__ import annotations
+
+import hashlib
+
+from rxapp.stepformat import FORMAT_VERSION
+from rxapp.vocab import vocab
+
+FORMAT_KEY = "rx.step_format_version"
+VOCABULARY_KEY = "rx.herb_vocabulary_sha256"
+
+
+class ModelMismatchError(ValueError):
+    """The model was trained for another step format or herb vocabulary than this app's."""
+
+
+def vocabulary_digest() -> str:
+    return hashlib.sha256("\n".join(vocab().herbs).encode("utf-8")).hexdigest()
+
+
+def model_metadata() -> dict[str, str]:
+    return {FORMAT_KEY: str(FORMAT_VERSION), VOCABULARY_KEY: vocabulary_digest()}
+
+
+def check_metadata(metadata: dict[str, str], source: str) -> None:
+    """Raise ModelMismatchError, naming `source`, unless the metadata matches this app's format and vocabulary."""
+    expected = model_metadata()
+    if FORMAT_KEY not in metadata or VOCABULARY_KEY not in metadata:
+        raise ModelMismatchError(f"{source} is not an rx model: it carries no step-format or herb-vocabulary "
+                                 "metadata (export it with `python -m pipeline export`)")
+    if metadata[FORMAT_KEY] != expected[FORMAT_KEY]:
+        raise ModelMismatchError(f"{source} writes step format v{metadata[FORMAT_KEY]}; this app reads "
+                                 f"v{expected[FORMAT_KEY]}")
+    if metadata[VOCABULARY_KEY] != expected[VOCABULARY_KEY]:
+        raise ModelMismatchError(f"{source} was trained on another herb vocabulary than this app's "
+                                 "(assets/vocab); retrain or use a matching app version")

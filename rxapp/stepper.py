@@ -1,0 +1,182 @@
+"""The stepper: a prescription built one herb at a time by any backend, each step yielded as soon as it is made.
+
+The 症状分析 restates the recognised symptoms, so it is given. Then, for each step, the next herb is drawn from the
+vocabulary herbs not yet prescribed, after the safety engine has screened every candidate against the current list
+and the patient: each 十八反/十九畏 pair or pregnancy rule that an addition would break costs its logit α (2α when
+severe), and a severe one forbids it outright unless `forbid_severe` is off. The model then writes the step's
+explanation (its 主治/用于 claims can only name this patient's symptoms) and decides whether to add another herb or
+stop, and finally writes the 方解.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rxapp.backends import Backend
+from rxapp.decoding import claim_targets
+from rxapp.knowledge import HerbFacts, knowledge
+from rxapp.ranking import rank_herbs
+from rxapp.safety import Patient, SafetyWarning, rules
+from rxapp.stepformat import SUMMARY_HEADER, render_analysis, render_prompt, steps_prefix
+from rxapp.vocab import vocab
+
+SEVERITY_COST = {"severe": 2.0, "warning": 1.0, "info": 0.0}
+SUMMARY_RESERVE = 64  # tokens of context kept for the 方解 when deciding whether another step fits
+
+
+@dataclass
+class StepperConfig:
+    alpha: float = 4.0  # logit cost per broken rule (severe: twice); 0 leaves the model's choice untouched
+    forbid_severe: bool = True  # severe additions are never made, whatever α
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    max_herbs: int = 30
+    max_explanation_tokens: int = 48
+    max_summary_tokens: int = 160
+
+
+@dataclass
+class Step:
+    index: int  # 1-based
+    action: str  # "add"
+    herb: str
+    explanation: str
+    facts: HerbFacts | None
+    warnings: list[SafetyWarning]  # what adding this herb to the steps before brings (all rules, all severities)
+    probability: float  # the model's probability of this herb at this step, after the safety penalties
+    elapsed_s: float  # since the recommendation started
+
+
+@dataclass
+class Recommendation:
+    symptoms: list[str]
+    pregnant: bool
+    analysis: str
+    steps: list[Step] = field(default_factory=list)
+    summary: str = ""
+    warnings: list[SafetyWarning] = field(default_factory=list)  # the whole prescription, most severe first
+    ranking: list[str] = field(default_factory=list)  # every herb, best first (rxapp.ranking)
+    text: str = ""  # the whole response as the model wrote it
+    prompt_ids: list[int] = field(default_factory=list)  # the prompt and the given 症状分析
+    response_ids: list[int] = field(default_factory=list)  # every token after them
+
+    @property
+    def tokens(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def herbs(self) -> list[str]:
+        return [s.herb for s in self.steps]
+
+
+def warm_up() -> None:
+    """Load what the first recommendation would otherwise load: vocabulary, knowledge, the safety screens."""
+    knowledge()
+    rules().addition_risks(vocab().herbs[:1], Patient(pregnant=True))
+
+
+def choose(logits: np.ndarray, allowed: Sequence[int], cfg: StepperConfig, rng: np.random.Generator,
+           cost: np.ndarray | None = None) -> tuple[int, float]:
+    """One token among `allowed` (after subtracting `cost`), greedy or by temperature and top-p; and its
+    probability among them."""
+    z = logits[list(allowed)].astype(np.float64) - (0.0 if cost is None else cost)
+    p = np.exp((z - z.max()) / max(cfg.temperature, 1e-6)) if cfg.temperature > 0 else np.exp(z - z.max())
+    p /= p.sum()
+    if cfg.temperature <= 0:
+        pick = int(np.argmax(z))
+    else:
+        order = np.argsort(-p, kind="stable")
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), cfg.top_p) + 1)]
+        pick = int(rng.choice(keep, p=p[keep] / p[keep].sum()))
+    return allowed[pick], float(p[pick])
+
+
+def safety_cost(herbs: Sequence[int], current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
+    """Logit cost of adding each candidate herb (vocabulary order): α per broken rule, ∞ for a forbidden one."""
+    cost = np.zeros(len(herbs))
+    index = vocab().herb_id
+    for herb, warnings in rules().addition_risks(current, patient).items():
+        if cfg.forbid_severe and any(w.severity == "severe" for w in warnings):
+            cost[index[herb]] = math.inf
+        else:
+            cost[index[herb]] = cfg.alpha * sum(SEVERITY_COST[w.severity] for w in warnings)
+    return cost
+
+
+def free_text(backend: Backend, ids: list[int], stop: set[int], limit: int, cfg: StepperConfig,
+              rng: np.random.Generator, after: dict[int, list[int]] | None = None, banned: Sequence[int] = ()
+              ) -> list[int]:
+    """Tokens decoded until one of `stop` (included) or `limit` tokens, never a `banned` one; right after a token
+    that is a key of `after`, only the tokens it maps to."""
+    out: list[int] = []
+    while len(out) < limit:
+        logits = backend.logits(ids + out)
+        logits[list(banned)] = -np.inf
+        last = out[-1] if out else ids[-1]
+        token, _ = choose(logits, (after or {}).get(last) or range(len(logits)), cfg, rng)
+        out.append(token)
+        if token in stop:
+            break
+    return out
+
+
+def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
+              cfg: StepperConfig | None = None) -> Iterator[Step | Recommendation]:
+    """Yield each Step as it is made, then the whole Recommendation."""
+    cfg = cfg or StepperConfig()
+    started = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    fmt = backend.format
+    patient = Patient(pregnant=pregnant)
+    analysis = render_analysis(symptoms)
+    head = steps_prefix(analysis)
+    ids = backend.prompt_ids(render_prompt(symptoms, pregnant)) + backend.tokenize(head)
+    start = len(ids)
+    result = Recommendation(list(symptoms), pregnant, analysis)
+    first_scores = None
+    while True:  # ids end with a newline: another step, or stop
+        allowed = fmt.allowed(ids[start:], cfg.max_herbs)
+        if result.steps and len(ids) + cfg.max_explanation_tokens + SUMMARY_RESERVE > backend.n_ctx:
+            allowed = [fmt.stop]  # no room for another step and a 方解 in the model's context
+        marker = allowed[0] if len(allowed) == 1 else choose(backend.logits(ids), allowed, cfg, rng)[0]
+        if marker == fmt.stop:
+            break
+        ids.append(marker)
+        logits = backend.logits(ids)
+        herb_logits = logits[list(fmt.herbs)]
+        if first_scores is None:
+            first_scores = herb_logits - np.logaddexp.reduce(herb_logits)
+        cost = safety_cost(fmt.herbs, result.herbs, patient, cfg)
+        cost[[vocab().herb_id[h] for h in result.herbs]] = math.inf  # each herb once
+        if not np.isfinite(cost).any():
+            ids.pop()  # every remaining herb is forbidden: stop here
+            break
+        token, p = choose(logits, fmt.herbs, cfg, rng, cost)
+        ids.append(token)
+        herb = vocab().herbs[fmt.herbs.index(token)]
+        explanation = free_text(backend, ids, {fmt.newline, backend.eos}, cfg.max_explanation_tokens, cfg, rng,
+                                claim_targets(backend.tokenize, herb, symptoms), banned=[fmt.stop])
+        if explanation[-1] != fmt.newline:  # cut short: the step line still ends here
+            explanation = [t for t in explanation if t != backend.eos] + [fmt.newline]
+        ids += explanation
+        text = backend.detokenize(explanation).strip().lstrip("：:").strip()
+        step = Step(len(result.steps) + 1, "add", herb, text, knowledge().get(herb),
+                    rules().check_addition(result.herbs, herb, patient), p, time.perf_counter() - started)
+        result.steps.append(step)
+        yield step
+    ids += backend.tokenize(SUMMARY_HEADER + "\n")  # the stop decision made, the header is given
+    tail = free_text(backend, ids, {backend.eos}, min(cfg.max_summary_tokens, backend.n_ctx - len(ids)), cfg, rng)
+    ids += tail
+    response = head + backend.detokenize(ids[start:])
+    result.text = response.removesuffix(backend.detokenize([backend.eos]))
+    result.summary = result.text.split(SUMMARY_HEADER, 1)[-1].strip() if SUMMARY_HEADER in result.text else ""
+    result.prompt_ids, result.response_ids = ids[:start], ids[start:]
+    result.warnings = rules().check_prescription(result.herbs, patient)
+    result.ranking = rank_herbs(result.herbs, first_scores if first_scores is not None else np.zeros(len(fmt.herbs)))
+    yield result

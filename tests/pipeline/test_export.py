@@ -1,0 +1,88 @@
+"""Export of the micro model: the GGUF files load in llama.cpp, carry the rx metadata, tokenize every test prompt as
+the Hugging Face tokenizer does, and decode greedily as the fp32 model does."""
+
+import llama_cpp
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.data import load_split
+from rxapp.modelinfo import FORMAT_KEY, VOCABULARY_KEY, check_metadata
+from rxapp.stepformat import encode_prompt, render_prompt
+
+NEAR_TIE = 1e-3  # a greedy choice this close to a tie may go either way under f16 weights
+
+
+@pytest.fixture(scope="module")
+def hf(micro_export):
+    return (AutoModelForCausalLM.from_pretrained(micro_export / "hf").eval(),
+            AutoTokenizer.from_pretrained(micro_export / "hf"))
+
+
+def load(path, **kwargs) -> llama_cpp.Llama:
+    return llama_cpp.Llama(str(path), n_ctx=512, n_threads=1, verbose=False, **kwargs)
+
+
+def test_export_writes_every_format(micro_export):
+    names = {p.name for p in micro_export.iterdir()}
+    assert {"hf", "model-f16.gguf", "model-q8_0.gguf", "model-q4_k_m.gguf"} <= names
+    sizes = [(micro_export / f"model-{q}.gguf").stat().st_size for q in ("f16", "q8_0", "q4_k_m")]
+    assert sizes == sorted(sizes, reverse=True)  # each quantisation is smaller
+
+
+@pytest.mark.parametrize("quant", ["f16", "q4_k_m"])
+def test_gguf_carries_the_rx_metadata(micro_export, quant):
+    llm = load(micro_export / f"model-{quant}.gguf", vocab_only=True)
+    try:
+        check_metadata(llm.metadata, "model")  # raises on a mismatch
+        assert {FORMAT_KEY, VOCABULARY_KEY} <= llm.metadata.keys()
+    finally:
+        llm.close()
+
+
+def test_gguf_tokenizer_matches_on_every_test_prompt(micro_export, hf):
+    _, tokenizer = hf
+    llm = load(micro_export / "model-f16.gguf", vocab_only=True)
+    try:
+        records = load_split("test")
+        mismatched = [r.id for r in records if encode_prompt(tokenizer, render_prompt(r.symptoms))
+                      != llm.tokenize(render_prompt(r.symptoms).encode(), add_bos=False, special=True)]
+    finally:
+        llm.close()
+    assert len(records) == 3443 and mismatched == []
+
+
+def greedy_hf(model, ids: list[int], n: int, eos: int) -> list[int]:
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=eos,
+                         pad_token_id=eos)[0, len(ids):].tolist()
+    return out[:-1] if out and out[-1] == eos else out
+
+
+def greedy_gguf(llm: llama_cpp.Llama, ids: list[int], n: int) -> list[int]:
+    out = []
+    for token in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+        if token == llm.token_eos() or len(out) == n:
+            break
+        out.append(token)
+    return out
+
+
+@torch.no_grad()
+def test_f16_gguf_decodes_greedily_as_the_fp32_model(micro_export, hf):
+    model, tokenizer = hf
+    llm = load(micro_export / "model-f16.gguf")
+    identical, ties = 0, 0
+    try:
+        for record in load_split("test")[:50]:
+            ids = encode_prompt(tokenizer, render_prompt(record.symptoms))
+            ours, theirs = greedy_hf(model, ids, 160, tokenizer.eos_token_id), greedy_gguf(llm, ids, 160)
+            if ours == theirs:
+                identical += 1
+                continue
+            first = next(i for i, (a, b) in enumerate(zip([*ours, -1], [*theirs, -1], strict=False)) if a != b)
+            top2 = model(torch.tensor([ids + ours[:first]])).logits[0, -1].log_softmax(-1).topk(2).values
+            assert float(top2[0] - top2[1]) < NEAR_TIE, f"{record.id}: outputs part at token {first} without a tie"
+            ties += 1
+    finally:
+        llm.close()
+    assert identical >= 45, f"only {identical} of 50 identical ({ties} parted at near-ties)"

@@ -1,0 +1,41 @@
+"""`python -m rxapp recommend` as a user runs it, on the micro model the pipeline exported: one case, a batch, bad
+input and a missing model."""
+
+import json
+
+from rxapp.vocab import vocab
+
+
+def test_one_case_as_json(cli, micro_export):
+    result = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽 恶寒", "--pregnant", "--model",
+                 str(micro_export / "model-q4_k_m.gguf"), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert {"id", "analysis", "steps", "summary", "warnings", "ranking"} <= out.keys()
+    assert out["symptoms"] == ["咳嗽", "恶寒"] and out["pregnant"] is True
+    assert out["steps"] and {"action", "herb", "explanation", "facts", "warnings"} <= out["steps"][0].keys()
+    herbs = [s["herb"] for s in out["steps"]]
+    assert out["ranking"][: len(herbs)] == herbs and len(out["ranking"]) == len(vocab().herbs) >= 20
+    assert all(w["sources"] or w["rule"] == "未识别" for s in out["steps"] for w in s["warnings"])
+
+
+def test_batch_keeps_order_and_reports_bad_lines_in_place(cli, micro_export, tmp_path):
+    batch = tmp_path / "cases.jsonl"
+    batch.write_text("\n".join([json.dumps({"id": "a", "symptoms": "咳嗽", "pregnant": False}, ensure_ascii=False),
+                                "not json",
+                                json.dumps({"id": "c", "symptoms": "@@@"}),
+                                json.dumps({"id": "d", "symptoms": "头痛 发热", "pregnant": True},
+                                           ensure_ascii=False)]) + "\n", encoding="utf-8")
+    result = cli("-m", "rxapp", "recommend", "--batch", str(batch), "--model", str(micro_export / "model-f16.gguf"))
+    assert result.returncode == 2  # some lines failed; the others are still answered
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["id"] for line in lines] == ["a", 2, "c", "d"]
+    assert "error" in lines[1] and "error" in lines[2] and "symptom" in lines[2]["error"]
+    assert lines[0]["steps"] and lines[3]["pregnant"] is True
+
+
+def test_missing_model_and_empty_symptoms_give_one_line(cli, micro_export, tmp_path):
+    missing = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽", "--model", str(tmp_path / "nope.gguf"))
+    assert missing.returncode == 2 and "nope.gguf" in missing.stderr and "Traceback" not in missing.stderr
+    empty = cli("-m", "rxapp", "recommend", "--symptoms", "   ", "--model", str(micro_export / "model-f16.gguf"))
+    assert empty.returncode == 2 and "Traceback" not in empty.stderr and empty.stderr.startswith("error:")

@@ -1,0 +1,112 @@
+"""The stepper on both backends with the micro model exported by the pipeline; safety-aware decoding; bad models."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.data import load_split
+from rxapp.backends import HF_METADATA, HFBackend, LlamaBackend, ModelLoadError, load_backend
+from rxapp.modelinfo import VOCABULARY_KEY, ModelMismatchError
+from rxapp.safety import Patient
+from rxapp.stepformat import parse_response
+from rxapp.stepper import Recommendation, Step, StepperConfig, choose, recommend, safety_cost
+from rxapp.vocab import vocab
+
+
+@pytest.fixture(scope="module")
+def llama(micro_export):
+    backend = LlamaBackend(micro_export / "model-f16.gguf", n_threads=1)
+    yield backend
+    backend.close()
+
+
+def run(backend, symptoms, pregnant=False, **settings) -> tuple[list[Step], Recommendation]:
+    events = list(recommend(backend, symptoms, pregnant, StepperConfig(**settings)))
+    assert isinstance(events[-1], Recommendation) and all(isinstance(e, Step) for e in events[:-1])
+    return events[:-1], events[-1]
+
+
+def test_steps_stream_then_a_whole_recommendation(llama):
+    symptoms = list(load_split("test")[0].symptoms)
+    steps, final = run(llama, symptoms)
+    assert steps and steps == final.steps and [s.index for s in steps] == list(range(1, len(steps) + 1))
+    assert len(set(final.herbs)) == len(final.herbs) and set(final.herbs) <= set(vocab().herbs)
+    assert [s.elapsed_s for s in steps] == sorted(s.elapsed_s for s in steps)
+    assert final.ranking[: len(final.herbs)] == final.herbs and len(set(final.ranking)) == len(vocab().herbs)
+    parsed = parse_response(final.text)
+    assert parsed.herbs == final.herbs and parsed.stopped  # what it streamed is what it wrote
+
+
+def test_claims_name_only_this_patients_symptoms(llama):
+    for record in load_split("test")[:10]:
+        _, final = run(llama, list(record.symptoms))
+        for step in final.steps:
+            for part in step.explanation.split("，"):
+                if part.startswith(("主治", "用于")):
+                    assert part[2:] in record.symptoms, (record.id, step.explanation)
+
+
+def test_greedy_is_deterministic_and_sampling_follows_the_seed(llama):
+    symptoms = list(load_split("test")[1].symptoms)
+    assert run(llama, symptoms)[1].text == run(llama, symptoms)[1].text
+    sampled = [run(llama, symptoms, temperature=1.0, top_p=0.95, seed=s)[1].text for s in (1, 1, 2, 3)]
+    assert sampled[0] == sampled[1] and len(set(sampled)) > 1
+
+
+def test_safety_cost_forbids_severe_and_charges_alpha_per_rule():
+    herbs = list(range(len(vocab().herbs)))
+    index = vocab().herb_id
+    cost = safety_cost(herbs, ["甘草"], Patient(), StepperConfig(alpha=3.0))
+    assert math.isinf(cost[index["甘遂"]]) and math.isinf(cost[index["海藻"]])  # 十八反, severe
+    assert cost[index["当归"]] == 0.0
+    cost = safety_cost(herbs, ["人参"], Patient(), StepperConfig(alpha=3.0))
+    assert cost[index["五灵脂"]] == 3.0  # 十九畏, a warning
+    lenient = safety_cost(herbs, ["甘草"], Patient(), StepperConfig(alpha=3.0, forbid_severe=False))
+    assert lenient[index["甘遂"]] == 6.0
+    assert math.isinf(safety_cost(herbs, [], Patient(pregnant=True), StepperConfig())[index["麝香"]])
+    assert safety_cost(herbs, [], Patient(pregnant=False), StepperConfig())[index["麝香"]] == 0.0
+
+
+def test_choose_skips_forbidden_tokens():
+    logits = np.array([5.0, 1.0, 0.0])
+    cost = np.array([math.inf, 0.0, 0.0])
+    token, p = choose(logits, [0, 1, 2], StepperConfig(), np.random.default_rng(0), cost)
+    assert token == 1 and 0.5 < p < 1.0
+
+
+def test_no_severe_addition_for_pregnant_patients(llama):
+    for record in load_split("test")[:15]:
+        _, final = run(llama, list(record.symptoms), pregnant=True)
+        assert not [w for w in final.warnings if w.severity == "severe"], record.id
+
+
+def test_hf_backend_drives_the_same_stepper(micro_export, llama):
+    hf = HFBackend(micro_export / "hf")
+    same = 0
+    for record in load_split("test")[:5]:
+        a, b = run(hf, list(record.symptoms))[1], run(llama, list(record.symptoms))[1]
+        assert parse_response(a.text).stopped
+        same += a.herbs == b.herbs
+    assert same >= 4  # f16 weights may part from fp32 at a near-tie
+
+
+def test_bad_model_files_are_named_in_clear_errors(micro_export, tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_backend(tmp_path / "missing.gguf")
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes((micro_export / "model-f16.gguf").read_bytes()[:5000])
+    with pytest.raises(ModelLoadError, match=r"truncated\.gguf"):
+        load_backend(truncated)
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model")
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        load_backend(text)
+    folder = tmp_path / "hf"
+    shutil.copytree(micro_export / "hf", folder)
+    meta = json.loads((folder / HF_METADATA).read_text())
+    (folder / HF_METADATA).write_text(json.dumps({**meta, VOCABULARY_KEY: "0" * 64}))
+    with pytest.raises(ModelMismatchError, match="another herb vocabulary"):
+        load_backend(folder)
