@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.data import load_split
 from pipeline.evaluate import write_json
-from rxapp.cli import DEFAULT_MODEL
+from rxapp import DEFAULT_MODEL
 
 ROWS = ("hf:fp32", "hf:4bit", "llama:f16", "llama:q8_0", "llama:q4_k_m")
 COLUMNS = ("backend", "precision", "load_s", "first_step_s", "prescription_s", "reference_llama_s", "overhead",

@@ -3,3 +3,4 @@
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL = ASSETS / "models" / "default" / "model-q4_k_m.gguf"  # the embedded model the app starts on

@@ -173,8 +173,8 @@ class HFBackend(Backend):
         return out.logits[0, -1].float().cpu().numpy()
 
 
-def load_backend(path: Path, backend: str | None = None, n_gpu_layers: int = 0, quantization: str | None = None
-                 ) -> Backend:
+def load_backend(path: Path, backend: str | None = None, n_gpu_layers: int = 0, quantization: str | None = None,
+                 device: str | None = None) -> Backend:
     """A GGUF file runs on llama.cpp, a folder on transformers, unless `backend` ("llama" or "hf") says otherwise."""
     path = Path(path)
     if not path.exists():
@@ -188,5 +188,6 @@ def load_backend(path: Path, backend: str | None = None, n_gpu_layers: int = 0, 
             path = found[0]
         return LlamaBackend(path, n_gpu_layers=n_gpu_layers)
     if kind == "hf":
-        return HFBackend(path / "hf" if (path / "hf" / "config.json").exists() else path, quantization=quantization)
+        folder = path / "hf" if (path / "hf" / "config.json").exists() else path
+        return HFBackend(folder, device=device, quantization=quantization)
     raise ValueError(f"backend must be llama or hf, not {backend!r}")

@@ -8,12 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from rxapp import ASSETS
+from rxapp import DEFAULT_MODEL
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.safety import DoseError, Patient, parse_doses, rules
 from rxapp.vocab import HerbInputError, SymptomInputError, split_herb_list, vocab
-
-DEFAULT_MODEL = ASSETS / "models" / "default" / "model-q4_k_m.gguf"
 
 
 def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg) -> dict:

@@ -8,6 +8,7 @@ drop a herb: the caller decides what to do with a warning.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from functools import cache, lru_cache
@@ -16,7 +17,7 @@ from itertools import chain
 import yaml
 
 from rxapp import ASSETS
-from rxapp.vocab import clean_text, vocab
+from rxapp.vocab import MAX_HERB_NAME, MAX_HERBS, HerbInputError, clean_text, vocab
 
 RULES_FILE = ASSETS / "safety" / "rules.yaml"
 SEVERITIES = ("severe", "warning", "info")  # most severe first
@@ -96,6 +97,37 @@ def parse_doses(items: Iterable[str], herbs: list[str]) -> dict[str, float]:
         except DoseError as e:
             raise DoseError(f"{name}: {e}") from None
     return doses
+
+
+PRESCRIPTION_ITEMS = re.compile(r"[,，、;；\n]+")
+PRESCRIPTION_ITEM = re.compile(r"^(?P<herbs>[^\d=:：.+-]+?)\s*(?:[=:：]\s*)?(?P<dose>[-+.\d]\S*)?$")
+
+
+def parse_prescription(text: str) -> list[tuple[str, float | None]]:
+    """`麻黄 9g、桂枝=6、甘草 大枣` -> [(herb, grams or None)], in order, each herb once. Names resolve to vocabulary
+    herbs where they are exact or aliases; other names stay as typed (the safety check flags unknown ones).
+    HerbInputError or DoseError says what is wrong."""
+    items = [i.strip() for i in PRESCRIPTION_ITEMS.split(clean_text(text).replace("克", "g")) if i.strip()]
+    found: dict[str, float | None] = {}
+    for item in items:
+        match = PRESCRIPTION_ITEM.match(item)
+        if not match:
+            raise HerbInputError(f"cannot read {item!r}: write a herb name and an optional dose, e.g. 麻黄 9g")
+        names = match["herbs"].split()
+        if match["dose"] and len(names) > 1:
+            raise HerbInputError(f"{item!r}: a dose belongs to one herb; separate herbs with 、 or commas")
+        for name in names:
+            if len(name) > MAX_HERB_NAME:
+                raise HerbInputError(f"not a herb name (over {MAX_HERB_NAME} characters): {name[:40]}…")
+            resolved = vocab().resolve_herb(name)
+            herb = resolved.herb if resolved.via in ("exact", "alias") else name
+            try:
+                found[herb] = parse_dose(match["dose"]) if match["dose"] else None
+            except DoseError as e:
+                raise DoseError(f"{name}: {e}") from None
+    if len(found) > MAX_HERBS:
+        raise HerbInputError(f"{len(found)} herbs given; a prescription here holds at most {MAX_HERBS}")
+    return list(found.items())
 
 
 class SafetyRules:

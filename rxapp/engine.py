@@ -1,0 +1,85 @@
+"""The one model the app serves: loading it (auto CPU/GPU), its identity for the records, and its load status.
+A model that fails to load leaves the app running without one, with the reason to show."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rxapp.backends import Backend, ModelLoadError, load_backend
+from rxapp.modelinfo import ModelMismatchError
+
+BACKENDS = ("auto", "llama", "hf")
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def gpu_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def file_sha256(path: Path) -> str:
+    """Of a file, or of every file of a folder in name order: the model's identity in the feedback records."""
+    digest = hashlib.sha256()
+    for part in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        with part.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_card(path: Path) -> str:
+    """The card.md shipped beside a model (its data, metrics and α), or a line saying there is none."""
+    folder = path if path.is_dir() else path.parent
+    card = folder / "card.md"
+    return card.read_text(encoding="utf-8") if card.exists() else f"（{folder} 中没有模型卡 card.md）"
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    backend: Backend
+    kind: str  # "llama" or "hf"
+    device: str  # "cpu" or "gpu"
+    sha256: str
+
+
+class Engine:
+    """Holds at most one loaded model; `lock` is held by whoever runs it, so one request uses it at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.model: LoadedModel | None = None
+        self.error: str | None = None
+
+    def load(self, path: str | Path, backend: str = "auto", device: str = "auto") -> None:
+        """Replace the current model; on failure there is none and `error` says why."""
+        path = Path(str(path).strip()).expanduser()
+        on_gpu = device == "gpu" or (device == "auto" and gpu_available())
+        kind = None if backend == "auto" else backend
+        with self.lock:
+            if self.model is not None:
+                self.model.backend.close()
+            self.model, self.error = None, None
+            started = time.perf_counter()
+            try:
+                loaded = load_backend(path, kind, n_gpu_layers=-1 if on_gpu else 0, device="cuda" if on_gpu else "cpu")
+            except (ModelLoadError, ModelMismatchError, OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+                self.error = f"模型未能加载 Model not loaded: {e}"
+                return
+            loaded.load_s = time.perf_counter() - started
+            self.model = LoadedModel(path, loaded, loaded.name, "gpu" if on_gpu else "cpu", file_sha256(path))
+
+    def status(self) -> str:
+        if self.model is None:
+            return self.error or "未加载模型 No model loaded"
+        m = self.model
+        return (f"已加载 Loaded: `{m.path}` · backend {m.kind} · device {m.device} · load {m.backend.load_s:.1f} s"
+                f" · sha256 {m.sha256[:12]}…")

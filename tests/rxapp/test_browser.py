@@ -1,0 +1,54 @@
+"""The page in a real headless Chromium: enter symptoms, watch the steps stream, see a warning, accept a step, edit a
+dose, save; the row is read back from the SQLite file and a screenshot is kept as a test artifact."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import ROOT
+from tests.rxapp.conftest import feedback_rows
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("RX_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts"))
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_clinician_reviews_and_saves_in_the_browser(served, symptom_text):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "ui-review.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        outside = []
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(served.url[:-1]) else None)
+        page.goto(served.url)
+        page.get_by_label("症状（自由文本）Symptoms").fill(symptom_text)
+        page.get_by_role("button", name="生成处方 Recommend").click()
+        expect(page.locator("#rx-output .rx-step").first).to_be_visible(timeout=60_000)
+        expect(page.locator("#rx-session textarea, #rx-session input").first).not_to_have_value("", timeout=120_000)
+        steps = page.locator("#rx-output .rx-step").count()
+        assert steps >= 1
+
+        page.locator("#rx-accept label").first.click()  # accept step 1
+        first_herb = page.locator("#rx-accept label").first.inner_text().split()[-1]
+        edited = f"{first_herb} 12g、附子 9g、半夏 6g"
+        page.locator("#rx-prescription textarea").fill(edited)
+        expect(page.locator("#rx-prescription-safety .rx-severe").first).to_be_visible(timeout=30_000)  # 十八反
+        page.locator("#rx-rating").get_by_text("4", exact=True).click()
+        page.get_by_role("button", name="保存反馈 Save").click()
+        expect(page.locator("#rx-save-status")).to_contain_text("已保存", timeout=30_000)
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+
+    assert not outside, f"the page fetched from outside this machine: {outside[:5]}"
+    row = [r for r in feedback_rows(served.store.path) if first_herb in r["prescription"] and "附子" in
+           r["prescription"] and r["rating"] == 4][-1]
+    assert json.loads(row["verdicts"]) == {"1": "accept"}
+    assert {"herb": first_herb, "dose_g": 12.0} in json.loads(row["prescription"])
+    assert any(w["rule"] == "十八反" for w in json.loads(row["warnings"]))
+    assert screenshot.stat().st_size > 10_000
