@@ -1,4 +1,4 @@
-"""Command line of the training pipeline: `python -m pipeline knowledge | evaluate`."""
+"""Command line of the training pipeline: `python -m pipeline knowledge | distill | sft | export | evaluate | card`."""
 
 from __future__ import annotations
 
@@ -62,9 +62,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate_baseline, evaluate_model, format_table, reference_row, write_json
 
     if args.model:
-        rows = [evaluate_model(args.model, args.split, args.limit)]
+        rows = [evaluate_model(args.model, args.split, args.limit, args.stepper, args.alpha)]
         compared = [evaluate_baseline(name, args.split, args.limit) for name in BASELINES]
-        out = args.out or args.model / f"eval-{args.split}.json"
+        name = f"eval-{args.split}" + (f"-stepper-{args.model.stem}" if rows[0].get("decoding") else "")
+        out = args.out or (args.model if args.model.is_dir() else args.model.parent) / f"{name}.json"
     else:
         names = list(BASELINES) if "all" in args.baseline else list(dict.fromkeys(args.baseline))
         rows = [evaluate_baseline(name, args.split, args.limit) for name in names]
@@ -79,6 +80,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         print(table)
     print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from pipeline.card import write_card
+    from pipeline.config import PipelineConfig
+    from rxapp.backends import HF_METADATA
+    from rxapp.modelinfo import stop_threshold
+
+    files = sorted(args.export.glob("*.gguf")) + sorted(p for p in (args.export / "hf").glob("*") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{args.export} holds no exported model (run `python -m pipeline export` first)")
+    metadata = args.export / "hf" / HF_METADATA
+    threshold = stop_threshold(json.loads(metadata.read_text()) if metadata.exists() else {})
+    print(write_card(PipelineConfig.load(args.config), args.eval, files, args.export / "card.md", threshold))
     return 0
 
 
@@ -112,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate recommenders on a split, beside the published results")
     what = evaluate.add_mutually_exclusive_group(required=True)
     what.add_argument("--baseline", nargs="+", choices=[*BASELINES, "all"], help="baseline(s) to evaluate, or all")
-    what.add_argument("--model", type=Path, help="a trained model folder; shown beside every baseline")
+    what.add_argument("--model", type=Path, help="a trained model folder, an export's hf/ folder or a .gguf file")
+    evaluate.add_argument("--stepper", choices=["llama", "hf"],
+                          help="decode with the app's stepper on this backend (a .gguf model always does)")
+    evaluate.add_argument("--alpha", type=float, default=0.0, help="the stepper's safety cost α (default 0: none)")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N records only (quick checks)")
     evaluate.add_argument("--split", default="test", choices=SPLITS)
     evaluate.add_argument("--out", type=Path, help="JSON file to write (default: runs/evaluate/NAME-SPLIT.json for "
@@ -120,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true",
                           help="print the JSON on stdout (the table then goes to stderr)")
     evaluate.set_defaults(run=run_evaluate)
+    card = sub.add_parser("card", help="write EXPORT/card.md: data, stages, metrics, α and file hashes")
+    card.add_argument("--export", type=Path, required=True, help="an export folder (from `pipeline export`)")
+    card.add_argument("--config", type=Path, required=True, help="the config the model was trained with")
+    card.add_argument("--eval", type=Path, nargs="+", required=True,
+                      help="evaluation JSON files (from `pipeline evaluate`) whose rows the card shows")
+    card.set_defaults(run=run_card)
     return parser
 
 

@@ -14,6 +14,8 @@ from pipeline.baselines import BASELINES, KNN, rank
 from pipeline.data import Record, load_split
 from pipeline.metrics import jaccard, prescription_metrics, ranking_metrics
 from pipeline.teacher import TrainStats, claim_is_grounded
+from rxapp.backends import HF_METADATA
+from rxapp.modelinfo import stop_threshold
 from rxapp.ranking import rank_herbs
 from rxapp.stepformat import Response, explanation_claims, parse_response
 
@@ -108,26 +110,19 @@ def evaluate_baseline(name: str, split: str, limit: int | None = None) -> dict:
 
 
 def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
-    """A trained model folder: greedy responses, ranked by the shared rule (generated herbs, then first-step
-    scores)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """A trained model folder: greedy responses (stopping at the model's own threshold), ranked by the shared rule
+    (generated herbs, then first-step scores)."""
     from pipeline.generation import generate_responses
+    from pipeline.model import load_trained
     from pipeline.scoring import first_herb_logprobs
 
-    if (path / "adapter_config.json").exists():  # LoRA adapters over a pretrained base
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path)
-    elif (path / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(path)
-    else:
-        raise FileNotFoundError(f"{path} is not a model folder (no config.json or adapter_config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_trained(path)
+    metadata = path / HF_METADATA
+    threshold = stop_threshold(json.loads(metadata.read_text()) if metadata.exists() else {})
 
     def predict(records: Sequence[Record]) -> list[Prediction]:
         symptom_sets = [r.symptoms for r in records]
-        texts = generate_responses(model, tokenizer, symptom_sets, batch_size)
+        texts = generate_responses(model, tokenizer, symptom_sets, threshold, batch_size)
         scores = first_herb_logprobs(model, tokenizer, symptom_sets)
         parsed = [parse_response(t) for t in texts]
         return [Prediction(rank_herbs(p.herbs, s), p.herbs, p) for p, s in zip(parsed, scores, strict=True)]
@@ -135,9 +130,35 @@ def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
     return predict
 
 
-def evaluate_model(path: Path, split: str, limit: int | None = None) -> dict:
+def stepper_predictor(path: Path, backend: str | None = None, alpha: float = 0.0) -> Predictor:
+    """Any model the app loads (a GGUF file, or an HF folder with backend "hf"), run through the app's own stepper
+    (greedy, safety cost `alpha`): what a practitioner would see, for comparing exports and precisions."""
+    from rxapp.backends import load_backend
+    from rxapp.stepper import Recommendation, StepperConfig, recommend
+
+    model = load_backend(path, backend)
+    cfg = StepperConfig(alpha=alpha, forbid_severe=alpha > 0)
+
+    def predict(records: Sequence[Record]) -> list[Prediction]:
+        out = []
+        for r in tqdm(records, desc=f"stepper {path.name}", unit="case", disable=None):
+            final = next(e for e in recommend(model, r.symptoms, False, cfg) if isinstance(e, Recommendation))
+            out.append(Prediction(final.ranking, final.herbs, parse_response(final.text)))
+        return out
+
+    return predict
+
+
+def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: str | None = None,
+                   alpha: float = 0.0) -> dict:
+    """A trained model on `split`: batched generation for a training folder, or the app's stepper on the
+    `stepper` backend ("llama" or "hf"; a .gguf file always takes this path)."""
     records = load_split(split)[:limit]
-    return {"model": str(path), "split": split, "n": len(records), **evaluate(model_predictor(path), records)}
+    if path.suffix == ".gguf":
+        stepper = stepper or "llama"
+    predictor = stepper_predictor(path, stepper, alpha) if stepper else model_predictor(path)
+    row = {"model": str(path), "split": split, "n": len(records), **evaluate(predictor, records)}
+    return row | ({"decoding": f"stepper:{stepper}", "alpha": alpha} if stepper else {})
 
 
 def reference_row(split: str, limit: int | None = None) -> dict:

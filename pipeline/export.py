@@ -15,10 +15,16 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rxapp.backends import HF_METADATA
-from rxapp.modelinfo import model_metadata
+from rxapp.modelinfo import DEFAULT_STOP_THRESHOLD, model_metadata, stop_threshold
 
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2"}
 QUANTISATIONS = ("q8_0", "q4_k_m")
+
+
+def source_metadata(model_dir: Path) -> dict[str, str]:
+    """This app's metadata with the trained folder's tuned stop threshold (½ when it has none)."""
+    saved = model_dir / HF_METADATA
+    return model_metadata(stop_threshold(json.loads(saved.read_text())) if saved.exists() else DEFAULT_STOP_THRESHOLD)
 
 
 def merge(model_dir: Path, out_dir: Path) -> Path:
@@ -33,7 +39,7 @@ def merge(model_dir: Path, out_dir: Path) -> Path:
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json or adapter_config.json)")
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
-    (out_dir / HF_METADATA).write_text(json.dumps(model_metadata(), indent=2) + "\n")
+    (out_dir / HF_METADATA).write_text(json.dumps(source_metadata(model_dir), indent=2) + "\n")
     return out_dir
 
 
@@ -93,7 +99,7 @@ def write_gguf(hf_dir: Path, path: Path, pre_tokenizer: str = "qwen2") -> Path:
     writer.add_add_bos_token(False)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
-    for key, value in model_metadata().items():
+    for key, value in source_metadata(hf_dir).items():
         writer.add_string(key, value)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)

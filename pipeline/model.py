@@ -91,3 +91,16 @@ def load_model(cfg: ModelConfig, device: str) -> tuple[torch.nn.Module, PreTrain
                                              target_modules="all-linear", task_type="CAUSAL_LM",
                                              trainable_token_indices=trainable))
     return (model if cfg.load_in_4bit else model.to(device)), tokenizer
+
+
+def load_trained(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """A trained model folder (full weights, or LoRA adapters over their base) and its tokenizer, for inference."""
+    if (path / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path)
+    elif (path / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(path)
+    else:
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json or adapter_config.json)")
+    return model.eval(), AutoTokenizer.from_pretrained(path)

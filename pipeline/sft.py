@@ -27,14 +27,16 @@ from pipeline.baselines import CoOccurrence, rank
 from pipeline.config import PipelineConfig
 from pipeline.data import load_split
 from pipeline.distill import read_examples
+from pipeline.generation import tune_stop_threshold
 from pipeline.metrics import ranking_metrics
-from pipeline.model import load_model
+from pipeline.model import load_model, load_trained
 from pipeline.scoring import first_herb_logprobs, herb_token_ids
 from rxapp.backends import HF_METADATA
 from rxapp.modelinfo import model_metadata
 from rxapp.stepformat import ADD, encode_prompt, parse_response, render_response
 
 IGNORE = -100
+STOP_TUNING_CASES = 1000
 
 
 @dataclass
@@ -252,9 +254,23 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
 
 
 def finish(run: Run, world: int) -> Path:
+    if run.main:
+        tune_stopping(run)
     if world > 1:
         dist.barrier()
     return run.out_dir / "best"
+
+
+def tune_stopping(run: Run) -> None:
+    """Tune the best model's stop threshold on (the first STOP_TUNING_CASES of) validation and write it into the
+    model's metadata, which the evaluator, the exporter and the app read."""
+    best = run.out_dir / "best"
+    model, _ = load_trained(best)
+    cases = run.validation[:STOP_TUNING_CASES]
+    threshold, score = tune_stop_threshold(model.to(run.device), run.tokenizer, [e["symptoms"] for e in cases],
+                                           [set(e["herbs"]) for e in cases])
+    (best / HF_METADATA).write_text(json.dumps(model_metadata(threshold), indent=2) + "\n")
+    tqdm.write(json.dumps({"stop_threshold": threshold, "val_Jaccard": round(score, 4), "cases": len(cases)}))
 
 
 def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rxapp.decoding import FormatTokens
-from rxapp.modelinfo import ModelMismatchError, check_metadata
+from rxapp.modelinfo import DEFAULT_STOP_THRESHOLD, ModelMismatchError, check_metadata, stop_threshold
 from rxapp.stepformat import encode_prompt
 
 GGUF_MAGIC = b"GGUF"
@@ -31,6 +31,7 @@ class Backend:
     eos: int
     format: FormatTokens  # the step format's tokens, checked at load: every herb one token
     n_ctx: int  # the longest token sequence the model takes
+    stop_threshold: float = DEFAULT_STOP_THRESHOLD  # the model's own, from its metadata (rxapp.decoding.greedy_stop)
     load_s: float = 0.0
 
     def tokenize(self, text: str) -> list[int]:
@@ -86,6 +87,7 @@ class LlamaBackend(Backend):
         except ModelMismatchError:
             self.close()
             raise
+        self.stop_threshold = stop_threshold(self.llm.metadata)
         self.eos = self.llm.token_eos()
         self.n_vocab = self.llm.n_vocab()
         self.n_ctx = self.llm.n_ctx()
@@ -125,7 +127,9 @@ class HFBackend(Backend):
         if not (path / HF_METADATA).is_file():
             raise ModelMismatchError(f"{path} is not an rx model (no {HF_METADATA}); export it with "
                                      "`python -m pipeline export`")
-        check_metadata(json.loads((path / HF_METADATA).read_text()), str(path))
+        metadata = json.loads((path / HF_METADATA).read_text())
+        check_metadata(metadata, str(path))
+        self.stop_threshold = stop_threshold(metadata)
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs: dict = {}

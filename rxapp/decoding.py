@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from math import prod, tanh
 
 from rxapp.knowledge import knowledge
-from rxapp.modelinfo import ModelMismatchError
+from rxapp.modelinfo import DEFAULT_STOP_THRESHOLD, ModelMismatchError
 from rxapp.stepformat import ADD, INDICATION, USAGE
 from rxapp.vocab import vocab
 
@@ -53,6 +54,19 @@ class FormatTokens:
                 return [self.add]
             return [self.stop] if len(chosen) >= max_herbs else [self.add, self.stop]
         return None
+
+
+def stop_probability(add_logit: float, stop_logit: float) -> float:
+    """The model's probability of stopping at a step boundary, where only 加 or 【 may follow."""
+    return 0.5 * (1.0 + tanh((stop_logit - add_logit) / 2))  # the logistic function, without overflow
+
+
+def greedy_stop(stop_probabilities: Sequence[float], threshold: float = DEFAULT_STOP_THRESHOLD) -> bool:
+    """Greedy decoding's stop decision, given the model's stop probability at every step boundary so far: stop once
+    the chance that the prescription is still open, Π(1 − p), falls to `threshold`; at ½ that is the median of the
+    model's own length distribution. (Each boundary's argmax would almost never stop: one more herb is nearly
+    always likelier than being done at that very step.) Each model carries a threshold tuned on validation."""
+    return prod(1.0 - p for p in stop_probabilities) <= threshold
 
 
 def claim_targets(tokenize: Callable[[str], list[int]], herb: str, symptoms: Sequence[str]) -> dict[int, list[int]]:

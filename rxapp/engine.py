@@ -36,10 +36,13 @@ def file_sha256(path: Path) -> str:
 
 
 def model_card(path: Path) -> str:
-    """The card.md shipped beside a model (its data, metrics and α), or a line saying there is none."""
+    """The card.md shipped beside a model (its data, metrics and α; for an export's hf/ folder, the export's card),
+    or a line saying there is none."""
     folder = path if path.is_dir() else path.parent
-    card = folder / "card.md"
-    return card.read_text(encoding="utf-8") if card.exists() else f"（{folder} 中没有模型卡 card.md）"
+    for card in (folder / "card.md", folder.parent / "card.md") if path.is_dir() else (folder / "card.md",):
+        if card.exists():
+            return card.read_text(encoding="utf-8")
+    return f"（{folder} 中没有模型卡 card.md）"
 
 
 @dataclass

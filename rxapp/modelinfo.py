@@ -1,5 +1,6 @@
 """What a model file declares so that the app can trust it: the step-format version it was trained on and a digest
-of the herb vocabulary its herb tokens stand for. The exporter writes these; the backends check them."""
+of the herb vocabulary its herb tokens stand for; and how to decode it: the threshold of the greedy stop rule. The
+exporter writes these; the backends check and read them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from rxapp.vocab import vocab
 
 FORMAT_KEY = "rx.step_format_version"
 VOCABULARY_KEY = "rx.herb_vocabulary_sha256"
+STOP_KEY = "rx.stop_threshold"  # the greedy stop rule's threshold, tuned on validation (rxapp.decoding.greedy_stop)
+DEFAULT_STOP_THRESHOLD = 0.5
 
 
 class ModelMismatchError(ValueError):
@@ -20,8 +23,13 @@ def vocabulary_digest() -> str:
     return hashlib.sha256("\n".join(vocab().herbs).encode("utf-8")).hexdigest()
 
 
-def model_metadata() -> dict[str, str]:
-    return {FORMAT_KEY: str(FORMAT_VERSION), VOCABULARY_KEY: vocabulary_digest()}
+def model_metadata(stop_threshold: float = DEFAULT_STOP_THRESHOLD) -> dict[str, str]:
+    return {FORMAT_KEY: str(FORMAT_VERSION), VOCABULARY_KEY: vocabulary_digest(), STOP_KEY: f"{stop_threshold:g}"}
+
+
+def stop_threshold(metadata: dict[str, str]) -> float:
+    """The model's tuned stop threshold; ½ (the median length) for a model that declares none."""
+    return float(metadata.get(STOP_KEY, DEFAULT_STOP_THRESHOLD))
 
 
 def check_metadata(metadata: dict[str, str], source: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rxapp.backends import Backend
-from rxapp.decoding import claim_targets
+from rxapp.decoding import claim_targets, greedy_stop, stop_probability
 from rxapp.knowledge import HerbFacts, knowledge
 from rxapp.ranking import rank_herbs
 from rxapp.safety import Patient, SafetyWarning, rules
@@ -139,12 +139,19 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
     ids = backend.prompt_ids(render_prompt(symptoms, pregnant)) + backend.tokenize(head)
     start = len(ids)
     result = Recommendation(list(symptoms), pregnant, analysis)
-    first_scores = None
+    first_scores, stop_probabilities = None, []
     while True:  # ids end with a newline: another step, or stop
         allowed = fmt.allowed(ids[start:], cfg.max_herbs)
         if result.steps and len(ids) + cfg.max_explanation_tokens + SUMMARY_RESERVE > backend.n_ctx:
             allowed = [fmt.stop]  # no room for another step and a 方解 in the model's context
-        marker = allowed[0] if len(allowed) == 1 else choose(backend.logits(ids), allowed, cfg, rng)[0]
+        if len(allowed) == 1:
+            marker = allowed[0]
+        elif cfg.temperature > 0:
+            marker = choose(backend.logits(ids), allowed, cfg, rng)[0]
+        else:
+            logits = backend.logits(ids)
+            stop_probabilities.append(stop_probability(logits[fmt.add], logits[fmt.stop]))
+            marker = fmt.stop if greedy_stop(stop_probabilities, backend.stop_threshold) else fmt.add
         if marker == fmt.stop:
             break
         ids.append(marker)

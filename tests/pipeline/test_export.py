@@ -1,13 +1,16 @@
 """Export of the micro model: the GGUF files load in llama.cpp, carry the rx metadata, tokenize every test prompt as
 the Hugging Face tokenizer does, and decode greedily as the fp32 model does."""
 
+import json
+
 import llama_cpp
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.data import load_split
-from rxapp.modelinfo import FORMAT_KEY, VOCABULARY_KEY, check_metadata
+from rxapp.backends import HF_METADATA
+from rxapp.modelinfo import FORMAT_KEY, STOP_KEY, VOCABULARY_KEY, check_metadata
 from rxapp.stepformat import encode_prompt, render_prompt
 
 NEAR_TIE = 1e-3  # a greedy choice this close to a tie may go either way under f16 weights
@@ -36,6 +39,8 @@ def test_gguf_carries_the_rx_metadata(micro_export, quant):
     try:
         check_metadata(llm.metadata, "model")  # raises on a mismatch
         assert {FORMAT_KEY, VOCABULARY_KEY} <= llm.metadata.keys()
+        tuned = json.loads((micro_export.parent / "sft" / "best" / HF_METADATA).read_text())
+        assert llm.metadata[STOP_KEY] == tuned[STOP_KEY]  # the stop threshold tuned after training travels along
     finally:
         llm.close()
 

@@ -9,6 +9,8 @@ import sys
 from transformers import AutoTokenizer
 
 from pipeline.tokenizer import build_tokenizer
+from rxapp.backends import HF_METADATA
+from rxapp.modelinfo import stop_threshold
 from tests.conftest import ROOT
 
 
@@ -19,6 +21,8 @@ def test_sft_writes_the_best_model_a_checkpoint_and_a_log(micro_run):
     log = json.loads((micro_run / "sft" / "log.json").read_text())
     assert len(log) >= 2 and {"val_loss", "val_P@5", "val_F1@10"} <= log[0].keys()
     assert log[-1]["val_loss"] < log[0]["val_loss"]  # it learns
+    threshold = stop_threshold(json.loads((best / HF_METADATA).read_text()))
+    assert 0.05 <= threshold <= 0.95  # tuned on validation after training (rxapp.decoding.greedy_stop)
 
 
 def test_saved_tokenizer_reloads_identically(micro_run):

@@ -3,6 +3,8 @@ input and a missing model."""
 
 import json
 
+from rxapp import DEFAULT_MODEL
+from rxapp.engine import file_sha256, model_card
 from rxapp.vocab import vocab
 
 
@@ -39,3 +41,12 @@ def test_missing_model_and_empty_symptoms_give_one_line(cli, micro_export, tmp_p
     assert missing.returncode == 2 and "nope.gguf" in missing.stderr and "Traceback" not in missing.stderr
     empty = cli("-m", "rxapp", "recommend", "--symptoms", "   ", "--model", str(micro_export / "model-f16.gguf"))
     assert empty.returncode == 2 and "Traceback" not in empty.stderr and empty.stderr.startswith("error:")
+
+
+def test_shipped_default_model_recommends_with_its_card(cli):
+    result = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽 恶寒 头痛", "--json")  # no --model: the shipped one
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert len(out["steps"]) >= 3 and all(s["herb"] in vocab().herbs for s in out["steps"])
+    card = model_card(DEFAULT_MODEL)
+    assert "not a diagnosis" in card and file_sha256(DEFAULT_MODEL) in card  # the card describes this very file

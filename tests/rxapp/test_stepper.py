@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.data import load_split
 from rxapp.backends import HF_METADATA, HFBackend, LlamaBackend, ModelLoadError, load_backend
+from rxapp.decoding import greedy_stop, stop_probability
 from rxapp.modelinfo import VOCABULARY_KEY, ModelMismatchError
 from rxapp.safety import Patient
 from rxapp.stepformat import parse_response
@@ -68,6 +69,28 @@ def test_safety_cost_forbids_severe_and_charges_alpha_per_rule():
     assert lenient[index["甘遂"]] == 6.0
     assert math.isinf(safety_cost(herbs, [], Patient(pregnant=True), StepperConfig())[index["麝香"]])
     assert safety_cost(herbs, [], Patient(pregnant=False), StepperConfig())[index["麝香"]] == 0.0
+
+
+def test_greedy_stop_is_the_quantile_of_the_models_length_distribution():
+    assert stop_probability(0.0, 0.0) == pytest.approx(0.5) and stop_probability(1e4, 0.0) == 0.0  # no overflow
+    hazards = [0.1, 0.2, 0.3]  # still open after each boundary: 0.9, 0.72, 0.504
+    assert not greedy_stop(hazards) and greedy_stop([*hazards, 0.01])  # 0.499 ≤ ½: the median length
+    assert greedy_stop(hazards[:2], threshold=0.75) and not greedy_stop(hazards[:2], threshold=0.7)
+    assert greedy_stop([0.6])  # a boundary whose own argmax is stop always stops
+
+
+def test_stepper_stops_where_the_models_threshold_says(micro_export):
+    backend = LlamaBackend(micro_export / "model-f16.gguf")
+    try:
+        symptoms = load_split("test")[0].symptoms
+        lengths = []
+        for threshold in (0.9, 0.5, 0.1):
+            backend.stop_threshold = threshold
+            lengths.append(len(next(e for e in recommend(backend, symptoms, cfg=StepperConfig(max_herbs=50))
+                                    if isinstance(e, Recommendation)).herbs))
+        assert lengths == sorted(lengths) and lengths[0] < lengths[-1]  # a lower threshold: a longer prescription
+    finally:
+        backend.close()
 
 
 def test_choose_skips_forbidden_tokens():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
+from rxapp import DEFAULT_MODEL
 from rxapp.engine import Engine
 from rxapp.feedback import FeedbackStore
 from rxapp.ui import DECODING, build_app, launch_options
@@ -156,6 +157,7 @@ def test_launch_py_serves_on_loopback_without_outside_assets(tmp_path):
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert f"http://127.0.0.1:{port}" in output and "feedback database" in output
+    assert f"Loaded: `{DEFAULT_MODEL}`" in output  # the shipped default model, with no --model
 
 
 def test_kill_9_during_a_burst_of_saves_loses_no_acknowledged_save(micro_export, tmp_path, symptom_text):
