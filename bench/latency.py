@@ -2,7 +2,9 @@
 
 Each row runs in its own process (so that its peak memory is its own) on the first N test cases, after one warm-up
 case. `reference_llama_s` is bare llama-cpp-python evaluating the same tokens one at a time (the GGUF of the row's
-precision; f16 for the transformers rows): the cost of the model alone, which the stepper's own work adds to.
+precision; f16 for the transformers rows): the cost of the model alone, which the stepper's own work adds to. It is
+timed right after each case, so that both see the same machine (a shared CPU drifts), and `overhead` is the median
+of those paired ratios; the reference model counts in the row's peak memory.
 Usage: python -m bench.latency --model-dir RUN/export [--cases 30] [--rows ...] [--json] [--out FILE]
 """
 
@@ -26,22 +28,15 @@ COLUMNS = ("backend", "precision", "load_s", "first_step_s", "prescription_s", "
            "tokens_per_s", "herbs", "peak_rss_mb")
 
 
-def bare_llama_s(gguf: Path, sequences: list[tuple[list[int], list[int]]]) -> float:
-    """Median time for llama.cpp alone to evaluate each prompt, then each decoded token one at a time."""
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(gguf), n_ctx=0, verbose=False, n_threads=2)
-    times = []
-    for prompt, decoded in sequences:
-        started = time.perf_counter()
-        llm.n_tokens = 0
-        llm.eval(prompt)
-        for token in decoded[:-1]:  # the last token's logits are never needed
-            llm.eval([token])
-            llm._ctx.get_logits_ith(-1)
-        times.append(time.perf_counter() - started)
-    llm.close()
-    return statistics.median(times)
+def bare_llama_s(llm, prompt: list[int], decoded: list[int]) -> float:
+    """Time for llama.cpp alone to evaluate the prompt, then each decoded token one at a time."""
+    started = time.perf_counter()
+    llm.n_tokens = 0
+    llm.eval(prompt)
+    for token in decoded[:-1]:  # the last token's logits are never needed
+        llm.eval([token])
+        llm._ctx.get_logits_ith(-1)
+    return time.perf_counter() - started
 
 
 def measure(row: str, model_dir: Path, cases: int) -> dict:
@@ -57,8 +52,11 @@ def measure(row: str, model_dir: Path, cases: int) -> dict:
     else:
         gguf = model_dir / "model-f16.gguf"
         backend = HFBackend(model_dir / "hf", quantization=None if precision == "fp32" else precision)
+    import llama_cpp
+
+    reference_llm = llama_cpp.Llama(str(gguf), n_ctx=0, verbose=False, n_threads=2)
     records = load_split("test")[: cases + 1]
-    first, whole, tokens, herbs, sequences = [], [], [], [], []
+    first, whole, tokens, herbs, reference = [], [], [], [], []
     for i, record in enumerate(records):
         started = time.perf_counter()
         first_at = None
@@ -72,13 +70,14 @@ def measure(row: str, model_dir: Path, cases: int) -> dict:
         first.append(first_at)
         tokens.append(final.tokens)
         herbs.append(len(final.herbs))
-        sequences.append((final.prompt_ids, final.response_ids))
+        reference.append(bare_llama_s(reference_llm, final.prompt_ids, final.response_ids))
     backend.close()
-    reference = bare_llama_s(gguf, sequences)
-    prescription = statistics.median(whole)
+    reference_llm.close()
+    prescription, reference_s = statistics.median(whole), statistics.median(reference)
     return {"backend": backend_name, "precision": precision, "load_s": backend.load_s,
             "first_step_s": statistics.median(first), "prescription_s": prescription,
-            "reference_llama_s": reference, "overhead": prescription / reference,
+            "reference_llama_s": reference_s,
+            "overhead": statistics.median(w / r for w, r in zip(whole, reference, strict=True)),
             "tokens_per_s": sum(tokens) / sum(whole), "herbs": statistics.mean(herbs), "cases": len(whole),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

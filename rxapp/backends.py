@@ -5,6 +5,7 @@ model was made for this app's step format and herb vocabulary."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
@@ -52,6 +53,8 @@ class Backend:
 
 
 def _shared_prefix(a: list[int], b: list[int]) -> int:
+    if len(b) >= len(a) and b[: len(a)] == a:  # the usual case, decoding on: one comparison in C
+        return len(a)
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -106,7 +109,9 @@ class LlamaBackend(Backend):
         self.llm.n_tokens = keep  # eval() drops the cache beyond it
         self.llm.eval(ids[keep:])
         self.ids = list(ids)
-        return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,)).copy()
+        logits = np.empty(self.n_vocab, dtype=np.float32)
+        ctypes.memmove(logits.ctypes.data, self.llm._ctx.get_logits_ith(-1), logits.nbytes)  # a copy, and fast
+        return logits
 
     def close(self) -> None:
         if getattr(self, "llm", None) is not None:

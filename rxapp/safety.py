@@ -191,10 +191,8 @@ class SafetyRules:
         rule, those warnings (informational pairs left out): what safety-aware decoding penalises or forbids."""
         risks: dict[str, list[SafetyWarning]] = {}
         for other in current:
-            for herb in self._partners().get(self._family(other), ()):
-                found = [w for w in self.pair_warnings([other], herb) if w.severity != "info"]
-                if found:
-                    risks.setdefault(herb, []).extend(found)
+            for herb, warnings in self._risks_against(other).items():
+                risks.setdefault(herb, []).extend(warnings)
         if patient.pregnant:
             for herb, warnings in self._pregnancy_risks().items():
                 risks.setdefault(herb, []).extend(warnings)
@@ -212,6 +210,13 @@ class SafetyRules:
                         for f in theirs:
                             partners.setdefault(f, set()).add(herb)
         return {f: frozenset(h) for f, h in partners.items()}
+
+    @cache  # noqa: B019 (the stepper asks again at every step)
+    def _risks_against(self, other: str) -> dict[str, tuple[SafetyWarning, ...]]:
+        """Each vocabulary herb that would make a 十八反/十九畏 pair with `other`, and those warnings."""
+        found = {herb: tuple(w for w in self.pair_warnings([other], herb) if w.severity != "info")
+                 for herb in self._partners().get(self._family(other), ())}
+        return {herb: warnings for herb, warnings in found.items() if warnings}
 
     @cache  # noqa: B019
     def _pregnancy_risks(self) -> dict[str, list[SafetyWarning]]:

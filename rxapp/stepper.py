@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -81,20 +82,24 @@ def warm_up() -> None:
     rules().addition_risks(vocab().herbs[:1], Patient(pregnant=True))
 
 
-def choose(logits: np.ndarray, allowed: Sequence[int], cfg: StepperConfig, rng: np.random.Generator,
+def choose(logits: np.ndarray, allowed: Sequence[int] | None, cfg: StepperConfig, rng: np.random.Generator,
            cost: np.ndarray | None = None) -> tuple[int, float]:
-    """One token among `allowed` (after subtracting `cost`), greedy or by temperature and top-p; and its
-    probability among them."""
-    z = logits[list(allowed)].astype(np.float64) - (0.0 if cost is None else cost)
-    p = np.exp((z - z.max()) / max(cfg.temperature, 1e-6)) if cfg.temperature > 0 else np.exp(z - z.max())
-    p /= p.sum()
+    """One token among `allowed` (None: any token), after subtracting `cost`, greedy or by temperature and top-p;
+    and its probability among them."""
+    z = logits if allowed is None else logits[np.asarray(allowed)]
+    if cost is not None:
+        z = z - cost
     if cfg.temperature <= 0:
-        pick = int(np.argmax(z))
+        pick = int(z.argmax())
+        probability = 1.0 / np.exp(z - z[pick], dtype=np.float64).sum()
     else:
+        p = np.exp((z - z.max()) / cfg.temperature, dtype=np.float64)
+        p /= p.sum()
         order = np.argsort(-p, kind="stable")
         keep = order[: int(np.searchsorted(np.cumsum(p[order]), cfg.top_p) + 1)]
         pick = int(rng.choice(keep, p=p[keep] / p[keep].sum()))
-    return allowed[pick], float(p[pick])
+        probability = p[pick]
+    return (pick if allowed is None else allowed[pick]), float(probability)
 
 
 def safety_cost(herbs: Sequence[int], current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
@@ -117,9 +122,14 @@ def free_text(backend: Backend, ids: list[int], stop: set[int], limit: int, cfg:
     out: list[int] = []
     while len(out) < limit:
         logits = backend.logits(ids + out)
-        logits[list(banned)] = -np.inf
+        for token in banned:
+            logits[token] = -np.inf
         last = out[-1] if out else ids[-1]
-        token, _ = choose(logits, (after or {}).get(last) or range(len(logits)), cfg, rng)
+        allowed = (after or {}).get(last)
+        if allowed is None and cfg.temperature <= 0:
+            token = int(logits.argmax())  # choose()'s greedy pick, without the probability nobody reads here
+        else:
+            token, _ = choose(logits, allowed, cfg, rng)
         out.append(token)
         if token in stop:
             break
@@ -140,6 +150,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
     start = len(ids)
     result = Recommendation(list(symptoms), pregnant, analysis)
     first_scores, stop_probabilities = None, []
+    tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
     while True:  # ids end with a newline: another step, or stop
         allowed = fmt.allowed(ids[start:], cfg.max_herbs)
         if result.steps and len(ids) + cfg.max_explanation_tokens + SUMMARY_RESERVE > backend.n_ctx:
@@ -168,7 +179,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
         ids.append(token)
         herb = vocab().herbs[fmt.herbs.index(token)]
         explanation = free_text(backend, ids, {fmt.newline, backend.eos}, cfg.max_explanation_tokens, cfg, rng,
-                                claim_targets(backend.tokenize, herb, symptoms), banned=[fmt.stop])
+                                claim_targets(tokenize, herb, symptoms), banned=[fmt.stop])
         if explanation[-1] != fmt.newline:  # cut short: the step line still ends here
             explanation = [t for t in explanation if t != backend.eos] + [fmt.newline]
         ids += explanation

@@ -121,6 +121,7 @@ class Vocab:
             self._terms_by_first_char.setdefault(term[0], []).append(term)
 
     # -- herbs ---------------------------------------------------------------------------------------------
+    @lru_cache(maxsize=4096)  # noqa: B019 (one vocabulary per process; the stepper asks the same names every step)
     def resolve_herb(self, text: str) -> HerbName:
         """Map a herb name to a vocabulary herb: exact, alias, or a processed form of one."""
         name = clean_text(text)
