@@ -86,15 +86,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_card(args: argparse.Namespace) -> int:
     from pipeline.card import write_card
     from pipeline.config import PipelineConfig
-    from rxapp.backends import HF_METADATA
-    from rxapp.modelinfo import stop_threshold
+    from rxapp.backends import saved_stop_threshold
 
     files = sorted(args.export.glob("*.gguf")) + sorted(p for p in (args.export / "hf").glob("*") if p.is_file())
     if not files:
         raise FileNotFoundError(f"{args.export} holds no exported model (run `python -m pipeline export` first)")
-    metadata = args.export / "hf" / HF_METADATA
-    threshold = stop_threshold(json.loads(metadata.read_text()) if metadata.exists() else {})
-    print(write_card(PipelineConfig.load(args.config), args.eval, files, args.export / "card.md", threshold))
+    print(write_card(PipelineConfig.load(args.config), args.eval, files, args.export / "card.md",
+                     saved_stop_threshold(args.export / "hf")))
     return 0
 
 

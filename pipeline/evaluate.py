@@ -14,8 +14,7 @@ from pipeline.baselines import BASELINES, KNN, rank
 from pipeline.data import Record, load_split
 from pipeline.metrics import jaccard, prescription_metrics, ranking_metrics
 from pipeline.teacher import TrainStats, claim_is_grounded
-from rxapp.backends import HF_METADATA
-from rxapp.modelinfo import stop_threshold
+from rxapp.backends import saved_stop_threshold
 from rxapp.ranking import rank_herbs
 from rxapp.stepformat import Response, explanation_claims, parse_response
 
@@ -117,8 +116,7 @@ def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
     from pipeline.scoring import first_herb_logprobs
 
     model, tokenizer = load_trained(path)
-    metadata = path / HF_METADATA
-    threshold = stop_threshold(json.loads(metadata.read_text()) if metadata.exists() else {})
+    threshold = saved_stop_threshold(path)
 
     def predict(records: Sequence[Record]) -> list[Prediction]:
         symptom_sets = [r.symptoms for r in records]

@@ -12,34 +12,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rxapp.backends import HF_METADATA
-from rxapp.modelinfo import DEFAULT_STOP_THRESHOLD, model_metadata, stop_threshold
+from pipeline.model import load_trained
+from rxapp.backends import HF_METADATA, saved_stop_threshold
+from rxapp.modelinfo import model_metadata
 
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2"}
 QUANTISATIONS = ("q8_0", "q4_k_m")
 
 
-def source_metadata(model_dir: Path) -> dict[str, str]:
-    """This app's metadata with the trained folder's tuned stop threshold (½ when it has none)."""
-    saved = model_dir / HF_METADATA
-    return model_metadata(stop_threshold(json.loads(saved.read_text())) if saved.exists() else DEFAULT_STOP_THRESHOLD)
-
-
 def merge(model_dir: Path, out_dir: Path) -> Path:
-    """LoRA adapters merged into their base (or a full model copied), saved as safetensors with the tokenizer."""
-    if (model_dir / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).merge_and_unload()
-    elif (model_dir / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    else:
-        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json or adapter_config.json)")
+    """LoRA adapters merged into their base (or a full model copied), saved as fp32 safetensors with the tokenizer
+    and the trained folder's metadata."""
+    model, tokenizer = load_trained(model_dir, torch.float32)
+    if hasattr(model, "merge_and_unload"):  # LoRA adapters
+        model = model.merge_and_unload()
     model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
-    (out_dir / HF_METADATA).write_text(json.dumps(source_metadata(model_dir), indent=2) + "\n")
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / HF_METADATA).write_text(json.dumps(model_metadata(saved_stop_threshold(model_dir)), indent=2) + "\n")
     return out_dir
 
 
@@ -67,8 +57,7 @@ def write_gguf(hf_dir: Path, path: Path, pre_tokenizer: str = "qwen2") -> Path:
     """GGUF f16 (norms and biases f32) of a Qwen2 folder, with its tokenizer and the rx metadata."""
     import gguf
 
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    model, tokenizer = load_trained(hf_dir, torch.float32)
     config = model.config
     arch = ARCHITECTURES.get(config.architectures[0] if config.architectures else type(model).__name__)
     if arch is None:
@@ -99,7 +88,7 @@ def write_gguf(hf_dir: Path, path: Path, pre_tokenizer: str = "qwen2") -> Path:
     writer.add_add_bos_token(False)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
-    for key, value in source_metadata(hf_dir).items():
+    for key, value in model_metadata(saved_stop_threshold(hf_dir)).items():
         writer.add_string(key, value)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)

@@ -93,14 +93,16 @@ def load_model(cfg: ModelConfig, device: str) -> tuple[torch.nn.Module, PreTrain
     return (model if cfg.load_in_4bit else model.to(device)), tokenizer
 
 
-def load_trained(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """A trained model folder (full weights, or LoRA adapters over their base) and its tokenizer, for inference."""
+def load_trained(path: Path, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """A trained model folder (full weights, or LoRA adapters over their base) and its tokenizer, for inference;
+    in `dtype` when given, else as saved."""
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     if (path / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
     elif (path / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     else:
         raise FileNotFoundError(f"{path} is not a model folder (no config.json or adapter_config.json)")
     return model.eval(), AutoTokenizer.from_pretrained(path)

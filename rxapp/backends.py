@@ -21,6 +21,12 @@ GGUF_MAGIC = b"GGUF"
 HF_METADATA = "rx.json"  # beside config.json: the rxapp.modelinfo metadata of a Hugging Face folder
 
 
+def saved_stop_threshold(folder: Path) -> float:
+    """The stop threshold in a Hugging Face folder's rx.json (½ when the folder has none)."""
+    saved = folder / HF_METADATA
+    return stop_threshold(json.loads(saved.read_text()) if saved.exists() else {})
+
+
 class ModelLoadError(RuntimeError):
     """The model file or folder is missing, truncated or not a model this app can run."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from rxapp import DEFAULT_MODEL
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.safety import DoseError, Patient, parse_doses, rules
+from rxapp.stepper import StepperConfig
 from rxapp.vocab import HerbInputError, SymptomInputError, split_herb_list, vocab
 
 
@@ -36,7 +37,7 @@ def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg) -> dic
 
 def run_recommend(args: argparse.Namespace) -> int:
     from rxapp.backends import load_backend
-    from rxapp.stepper import StepperConfig, warm_up
+    from rxapp.stepper import warm_up
 
     cfg = StepperConfig(alpha=args.alpha, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     backend = load_backend(args.model, args.backend, n_gpu_layers=args.n_gpu_layers)
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--batch", type=Path, help='JSONL, one {"id", "symptoms", "pregnant"} per line; one JSON '
                       "line out per line in, in order")
     rec.add_argument("--pregnant", action="store_true", help="apply the pregnancy rules")
-    rec.add_argument("--alpha", type=float, default=4.0, help="logit cost per broken safety rule (default 4)")
+    rec.add_argument("--alpha", type=float, default=StepperConfig.alpha,
+                     help="logit cost per broken safety rule (default %(default)g)")
     rec.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     rec.add_argument("--top-p", type=float, default=1.0)
     rec.add_argument("--seed", type=int, default=0)
