@@ -64,7 +64,8 @@ recommendation must be reviewed, and its safety warnings read, by the practition
 - {architecture}.
 - Stages run: teacher distillation (`{config.teacher.kind}` teacher) → SFT ({sft.epochs} epochs at most, lr
   {sft.lr}, weight decay {sft.weight_decay}, step order `{sft.order}`, herb targets `{sft.herb_targets}`, teacher
-  weight {sft.teacher_weight}; the checkpoint with the best validation F1@10 is kept) → export.
+  weight {sft.teacher_weight}, first-step copies of each record per epoch {sft.first_step_passes}; the checkpoint
+  with the best validation F1@10 is kept) → export.
 - Preference stages (DPO, step-wise GRPO) have not been run on this model.
 
 ## Safety α
@@ -76,7 +77,7 @@ Greedy decoding stops once the model's probability that the prescription is stil
 {stop_threshold:g} (tuned on validation; `rxapp.decoding.greedy_stop`).
 
 ## Metrics ({", ".join(splits)} split)
-Rankings: the generated herbs in step order, then the rest by the model's first-step probability. Set metrics
+Rankings: the generated herbs, then the rest, each ordered by the model's first-step probability. Set metrics
 (Jaccard, incompatibility rate, average herbs) are on the prescription as generated. The statistical baselines
 (co-occurrence, kNN) are shown beside the model: where a model row is below them, the model ranks herbs less
 well than those statistics do.

@@ -1,4 +1,5 @@
-"""Command line of the training pipeline: `python -m pipeline knowledge | distill | sft | export | evaluate | card`."""
+"""Command line of the training pipeline: `python -m pipeline knowledge | distill | sft | small | prefs | dpo |
+export | evaluate | card`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pipeline.baselines import BASELINES
 from pipeline.data import SPLITS
 from pipeline.export import QUANTISATIONS
 from pipeline.llm_teacher import TeacherError
+from rxapp.feedback import StoreError
 from rxapp.knowledge import KNOWLEDGE_FILE
 
 
@@ -29,6 +31,37 @@ def run_distill(args: argparse.Namespace) -> int:
     teacher = TeacherConfig("openai", args.teacher_url, args.teacher_model, args.rpm) if args.teacher_url else None
     for split, path in distill(args.split, args.out, teacher.endpoint() if teacher else None, args.limit).items():
         print(f"{split}: {path}")
+    return 0
+
+
+def run_small(args: argparse.Namespace) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.distill import distill
+    from pipeline.small import train_small
+
+    cfg = PipelineConfig.load(args.config)
+    distill(["train", "validation"], args.out / "distill", cfg.teacher.endpoint(), cfg.teacher.limit)
+    print(f"best model: {train_small(cfg, args.out / 'distill', args.out / 'small')}")
+    return 0
+
+
+def run_prefs(args: argparse.Namespace) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.prefs import build_preferences
+
+    cfg = PipelineConfig.load(args.config)
+    model = args.model or args.out / "sft" / "best"
+    summary = build_preferences(cfg, args.out, model, args.out / "small" / "best", args.from_feedback)
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    return 0
+
+
+def run_dpo(args: argparse.Namespace) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.dpo import train_dpo
+
+    cfg = PipelineConfig.load(args.config)
+    print(f"best model: {train_dpo(cfg, args.out, args.model or args.out / 'sft' / 'best')}")
     return 0
 
 
@@ -117,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--out", type=Path, required=True, help="run folder (distill/ and sft/ are written in it)")
     sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     sft.set_defaults(run=run_sft)
+    small = sub.add_parser("small", help="train the small BART (symptoms → herb list) of the preference stage")
+    small.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
+    small.add_argument("--out", type=Path, required=True, help="run folder (distill/ and small/ are written in it)")
+    small.set_defaults(run=run_small)
+    prefs = sub.add_parser("prefs", help="preference pairs: LLM samples against the small BART (and clinician "
+                           "feedback with --from-feedback), written to RUN/prefs/")
+    prefs.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
+    prefs.add_argument("--out", type=Path, required=True, help="run folder holding sft/best and small/best")
+    prefs.add_argument("--model", type=Path, help="the LLM to sample (default: RUN/sft/best)")
+    prefs.add_argument("--from-feedback", type=Path, help="the app's feedback database (rx.db) or its JSONL export")
+    prefs.set_defaults(run=run_prefs)
+    dpo = sub.add_parser("dpo", help="DPO (TRL) on RUN/prefs from the SFT model; the result in RUN/dpo/best")
+    dpo.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
+    dpo.add_argument("--out", type=Path, required=True, help="run folder holding prefs/ and sft/best")
+    dpo.add_argument("--model", type=Path, help="the model to start from and refer to (default: RUN/sft/best)")
+    dpo.set_defaults(run=run_dpo)
     export = sub.add_parser("export", help="merged HF folder, GGUF f16 and quantised GGUFs of a trained model")
     export.add_argument("--model", type=Path, required=True, help="trained model folder, e.g. RUN/sft/best")
     export.add_argument("--out", type=Path, required=True, help="output folder (hf/, model-f16.gguf, model-Q.gguf)")
@@ -150,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (OSError, ValueError, TeacherError) as e:
+    except (OSError, ValueError, TeacherError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # one readable line, never a traceback

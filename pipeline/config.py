@@ -37,8 +37,48 @@ class SFTConfig:
     order: str = "certainty"  # step order of the herbs: "certainty" (the teacher's) or "shuffle" (each epoch)
     herb_targets: str = "next"  # "next": the herb the order puts there; "set": uniform over the herbs still to add
     teacher_weight: float = 0.0  # with "set": share of each herb step's target from the co-occurrence teacher
+    first_step_passes: int = 0  # with "set": extra first-step-only copies of each record per epoch (sft.py)
     max_train: int | None = None  # cap on training examples (micro config)
     max_validation: int | None = None
+
+
+@dataclass
+class SmallConfig:
+    """The small BART of the preference stage (`pipeline small`)."""
+
+    d_model: int = 256
+    layers: int = 2  # in the encoder and in the decoder
+    heads: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 2  # epochs without a better validation F1@10 before stopping
+    max_train: int | None = None
+    max_validation: int | None = None
+
+
+@dataclass
+class PrefsConfig:
+    """Implicit preference pairs (`pipeline prefs`; the rule is in pipeline/prefs.py)."""
+
+    cases: int | None = 2000  # training cases to sample (None: all); each costs `samples` generations
+    samples: int = 4  # sampled LLM responses per case
+    temperature: float = 1.0
+    margin: float = 0.1  # least Jaccard gap between chosen and rejected for a pair
+
+
+@dataclass
+class DpoConfig:
+    """`pipeline dpo`: TRL's DPOTrainer from the SFT model, which is also the frozen reference."""
+
+    beta: float = 0.1
+    lr: float = 5e-5
+    epochs: int = 1
+    batch_size: int = 8
+    kto: bool = False  # also train on the unpaired feedback examples with TRL's KTOTrainer, after DPO
 
 
 @dataclass
@@ -67,6 +107,9 @@ class PipelineConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    small: SmallConfig = field(default_factory=SmallConfig)
+    prefs: PrefsConfig = field(default_factory=PrefsConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
 
     @classmethod
     def load(cls, path: Path) -> PipelineConfig:

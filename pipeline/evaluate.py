@@ -128,6 +128,19 @@ def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
     return predict
 
 
+def small_predictor(path: Path) -> Predictor:
+    """The small BART (`pipeline small`): its greedy herb list, ranked by the shared rule."""
+    from pipeline.small import load_small, rankings
+
+    model, tokenizer = load_small(path)
+
+    def predict(records: Sequence[Record]) -> list[Prediction]:
+        lists, ranked = rankings(model, tokenizer, [r.symptoms for r in records])
+        return [Prediction(r, herbs) for herbs, r in zip(lists, ranked, strict=True)]
+
+    return predict
+
+
 def stepper_predictor(path: Path, backend: str | None = None, alpha: float = 0.0) -> Predictor:
     """Any model the app loads (a GGUF file, or an HF folder with backend "hf"), run through the app's own stepper
     (greedy, safety cost `alpha`): what a practitioner would see, for comparing exports and precisions."""
@@ -154,7 +167,12 @@ def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: st
     records = load_split(split)[:limit]
     if path.suffix == ".gguf":
         stepper = stepper or "llama"
-    predictor = stepper_predictor(path, stepper, alpha) if stepper else model_predictor(path)
+    from pipeline.small import is_small_model
+
+    if is_small_model(path):
+        predictor = small_predictor(path)
+    else:
+        predictor = stepper_predictor(path, stepper, alpha) if stepper else model_predictor(path)
     row = {"model": str(path), "split": split, "n": len(records), **evaluate(predictor, records)}
     return row | ({"decoding": f"stepper:{stepper}", "alpha": alpha} if stepper else {})
 

@@ -1,4 +1,4 @@
-"""Batched, format-constrained greedy generation with a Hugging Face model (evaluation and preference sampling).
+"""Batched, format-constrained generation with a Hugging Face model: greedy (evaluation) or sampled (preferences).
 
 The 症状分析 of the default format follows from the prompt, so it is given, not generated; from 【处方】 on, a
 logits processor keeps decoding inside the step format exactly as the app's stepper does (rxapp.decoding): after
@@ -66,8 +66,10 @@ class StepConstraints(LogitsProcessor):
 
 @torch.no_grad()
 def decode(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop_threshold: float, batch_size: int = 64,
-           max_new_tokens: int = 320, desc: str = "generate") -> list[tuple[str, list[float]]]:
-    """One greedy response per symptom set, with the model's stop probability at each of its step boundaries."""
+           max_new_tokens: int = 320, desc: str = "generate", temperature: float = 0.0
+           ) -> list[tuple[str, list[float]]]:
+    """One response per symptom set, greedy (or sampled at `temperature` > 0; the stop rule stays the model's
+    own), with the model's stop probability at each of its step boundaries."""
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -83,7 +85,9 @@ def decode(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop_thresho
             ids[row, width - len(seq):] = torch.tensor(seq)
             mask[row, width - len(seq):] = 1
         constraints = StepConstraints(tokenizer, width, chunk, stop_threshold)
-        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {
+            "do_sample": False}
+        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **sampling,
                                    max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                    eos_token_id=tokenizer.eos_token_id,
                                    logits_processor=LogitsProcessorList([constraints]))

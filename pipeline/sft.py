@@ -1,9 +1,10 @@
 """`pipeline sft`: supervised fine-tuning on the distilled examples, with validation, early stopping, checkpoints,
 and data parallelism (torchrun: gloo on CPU, NCCL on GPU).
 
-Loss is on the response only; with `herb_targets: set` each herb step is trained order-free (see `sft_loss`).
-Model selection uses the validation F1@10 of the first-step herb ranking, the
-metric the model is for; validation loss is logged beside it.
+Loss is on the response only; with `herb_targets: set` each herb step is trained order-free (see `sft_loss`), and
+`first_step_passes` adds cheap first-step-only copies of the records (see `first_step_examples`). Model selection
+uses the validation F1@10 of the first-step herb ranking, the metric the model is for; validation loss is logged
+beside it.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from pipeline.distill import read_examples
 from pipeline.generation import tune_stop_threshold
 from pipeline.metrics import ranking_metrics
 from pipeline.model import load_model, load_trained
-from pipeline.scoring import first_herb_logprobs, herb_token_ids
+from pipeline.scoring import first_herb_logprobs, first_step_ids, herb_token_ids
 from rxapp.backends import HF_METADATA
 from rxapp.modelinfo import model_metadata
 from rxapp.stepformat import ADD, encode_prompt, parse_response, render_response
+from rxapp.vocab import vocab
 
 IGNORE = -100
 STOP_TUNING_CASES = 1000
@@ -105,15 +107,34 @@ def encode(tokenizer, prompt: str, response: str, max_length: int, herb_ids: set
     return example
 
 
+def teacher_priors(teacher: CoOccurrence | None, examples: list[dict]) -> list[np.ndarray | None]:
+    """The co-occurrence teacher's distribution over the vocabulary herbs for each example (None without one)."""
+    if teacher is None:
+        return [None] * len(examples)
+    scores = teacher.scores([e["symptoms"] for e in examples]).astype(np.float32)
+    return list(scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12))
+
+
 def encode_all(tokenizer, examples: list[dict], responses: list[str], cfg: PipelineConfig,
-               order_free: set[int] | None, teacher: CoOccurrence | None) -> list[Example]:
+               order_free: set[int] | None, priors: list[np.ndarray | None]) -> list[Example]:
     """`encode` each distilled example with the given response text, and with its teacher distribution."""
-    priors = [None] * len(examples)
-    if teacher is not None:
-        scores = teacher.scores([e["symptoms"] for e in examples]).astype(np.float32)
-        priors = list(scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12))
     return [encode(tokenizer, e["prompt"], r, cfg.model.max_length, order_free, p)
             for e, r, p in zip(examples, responses, priors, strict=True)]
+
+
+def first_step_examples(tokenizer, examples: list[dict], priors: list[np.ndarray | None], passes: int,
+                        herb_token: dict[str, int], rng: random.Random) -> list[Example]:
+    """`passes` copies of each example cut right after the first step's 加, with the symptoms in a random order,
+    trained only on that step's order-free target (every herb of the prescription, mixed with the teacher's
+    distribution). The first-step distribution is what ranks herbs; these copies train it at about a third of a
+    full example's tokens."""
+    out = []
+    for _ in range(passes):
+        for example, prior in zip(examples, priors, strict=True):
+            ids = first_step_ids(tokenizer, rng.sample(example["symptoms"], len(example["symptoms"])))
+            herbs = [herb_token[h] for h in example["herbs"]]
+            out.append(Example(ids + herbs[:1], [IGNORE] * (len(ids) + 1), [(len(ids), herbs)], prior))
+    return out
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor], examples: list[Example], herb_ids: torch.Tensor | None = None,
@@ -205,8 +226,12 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
     herb_ids = torch.tensor(herb_token_ids(tokenizer))
     order_free = set(herb_ids.tolist()) if sft.herb_targets == "set" else None
     teacher = CoOccurrence().fit(load_split("train")) if sft.teacher_weight else None
+    train_priors = teacher_priors(teacher, train)
+    if sft.first_step_passes and order_free is None:
+        raise ValueError("sft.first_step_passes needs herb_targets: set")
+    herb_token = dict(zip(vocab().herbs, herb_ids.tolist(), strict=True))
 
-    steps_per_epoch = math.ceil(len(train) / (sft.batch_size * world))
+    steps_per_epoch = math.ceil(len(train) * (1 + sft.first_step_passes) / (sft.batch_size * world))
     total_steps = steps_per_epoch * sft.epochs
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -214,7 +239,8 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
                                    {"params": no_decay, "weight_decay": 0.0}], lr=sft.lr)
     run = Run(cfg, model, tokenizer, optimizer,
               get_cosine_schedule_with_warmup(optimizer, int(sft.warmup * total_steps), total_steps), validation,
-              encode_all(tokenizer, validation, [e["response"] for e in validation], cfg, order_free, teacher),
+              encode_all(tokenizer, validation, [e["response"] for e in validation], cfg, order_free,
+                         teacher_priors(teacher, validation)),
               herb_ids, out_dir, device, rank_ == 0,
               {"epoch": 0, "step": 0, "best": -1.0, "bad_evals": 0, "stopped": False, "log": []})
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +257,8 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
         run.state["epoch"] = epoch
         rng = random.Random(cfg.seed * 1000 + epoch)  # the same batches on resume
         responses = [shuffled_response(e, rng) if sft.order == "shuffle" else e["response"] for e in train]
-        examples = encode_all(tokenizer, train, responses, cfg, order_free, teacher)
+        examples = encode_all(tokenizer, train, responses, cfg, order_free, train_priors)
+        examples += first_step_examples(tokenizer, train, train_priors, sft.first_step_passes, herb_token, rng)
         epoch_batches = batches(examples, sft.batch_size, rng)[rank_::world][:steps_per_epoch]
         done = run.state["step"] - epoch * steps_per_epoch
         bar = tqdm(epoch_batches[done:], desc=f"sft epoch {epoch + 1}/{sft.epochs}", disable=not run.main,
@@ -255,21 +282,20 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
 
 def finish(run: Run, world: int) -> Path:
     if run.main:
-        tune_stopping(run)
+        tune_stopping(run.out_dir / "best", run.validation, run.device)
     if world > 1:
         dist.barrier()
     return run.out_dir / "best"
 
 
-def tune_stopping(run: Run) -> None:
-    """Tune the best model's stop threshold on (the first STOP_TUNING_CASES of) validation and write it into the
+def tune_stopping(folder: Path, validation: list[dict], device: str) -> None:
+    """Tune a trained model's stop threshold on (the first STOP_TUNING_CASES of) validation and write it into the
     model's metadata, which the evaluator, the exporter and the app read."""
-    best = run.out_dir / "best"
-    model, _ = load_trained(best)
-    cases = run.validation[:STOP_TUNING_CASES]
-    threshold, score = tune_stop_threshold(model.to(run.device), run.tokenizer, [e["symptoms"] for e in cases],
+    model, tokenizer = load_trained(folder)
+    cases = validation[:STOP_TUNING_CASES]
+    threshold, score = tune_stop_threshold(model.to(device), tokenizer, [e["symptoms"] for e in cases],
                                            [set(e["herbs"]) for e in cases])
-    (best / HF_METADATA).write_text(json.dumps(model_metadata(threshold), indent=2) + "\n")
+    (folder / HF_METADATA).write_text(json.dumps(model_metadata(threshold), indent=2) + "\n")
     tqdm.write(json.dumps({"stop_threshold": threshold, "val_Jaccard": round(score, 4), "cases": len(cases)}))
 
 

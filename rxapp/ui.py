@@ -107,6 +107,17 @@ def recommendation_html(analysis: str, cards: list[str], final: Recommendation |
     return "".join(parts) + (message(note) if note else "")
 
 
+def session_record(final: Recommendation, text: str, unrecognised: list[str], pregnant: bool, age_group: str,
+                   sex: str, notes: str, model, cfg: StepperConfig) -> SessionRecord:
+    """What the feedback store keeps of one recommendation as shown (`model`: the engine's loaded model)."""
+    return SessionRecord(
+        text, final.symptoms, unrecognised, pregnant, age_group, sex, notes, str(model.path), model.sha256,
+        model.kind, cfg.__dict__, final.analysis, final.text, final.summary,
+        [{"index": s.index, "herb": s.herb, "explanation": s.explanation, "probability": s.probability,
+          "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
+        [w.to_dict() for w in final.warnings], final.steps[-1].elapsed_s if final.steps else 0.0)
+
+
 def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
     warm_up()
 
@@ -138,12 +149,8 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
             except (RuntimeError, ValueError) as err:
                 yield recommendation_html(analysis, cards, None, f"生成失败 Failed: {err}"), "", *skip
                 return
-        record = SessionRecord(
-            text or "", final.symptoms, parsed.unrecognised, bool(pregnant), age_group, sex, notes or "",
-            str(model.path), model.sha256, model.kind, cfg.__dict__, final.analysis, final.text, final.summary,
-            [{"index": s.index, "herb": s.herb, "explanation": s.explanation, "probability": s.probability,
-              "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
-            [w.to_dict() for w in final.warnings], final.steps[-1].elapsed_s if final.steps else 0.0)
+        record = session_record(final, text or "", parsed.unrecognised, bool(pregnant), age_group, sex, notes or "",
+                                model, cfg)
         try:
             session_id, note = store.save_session(record), ""
         except StoreError as err:

@@ -31,6 +31,14 @@ def micro_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def micro_small(micro_run):
+    """The micro config's small BART, trained into the micro run folder (small/best)."""
+    result = run_cli("-m", "pipeline", "small", "--config", "configs/micro.yaml", "--out", str(micro_run), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return micro_run / "small" / "best"
+
+
+@pytest.fixture(scope="session")
 def micro_export(micro_run):
     """The micro model exported: hf/, model-f16.gguf, model-q8_0.gguf, model-q4_k_m.gguf."""
     out = micro_run / "export"

@@ -62,3 +62,37 @@ def test_two_process_data_parallel_training_on_gloo(tmp_path):
     log = json.loads((tmp_path / "sft" / "log.json").read_text())
     micro_steps_one_process = 64  # 1024 examples / 32 per batch × 2 epochs
     assert log[-1]["step"] == micro_steps_one_process // 2  # each rank takes half the batches
+
+
+def test_first_step_copies_train_the_whole_prescription_at_the_first_herb(micro_run):
+    import random
+
+    import numpy as np
+    import torch
+
+    from pipeline.distill import read_examples
+    from pipeline.model import load_trained
+    from pipeline.scoring import first_step_ids, herb_token_ids
+    from pipeline.sft import IGNORE, collate, first_step_examples, sft_loss
+    from rxapp.vocab import vocab
+
+    model, tokenizer = load_trained(micro_run / "sft" / "best")
+    records = read_examples(micro_run / "distill" / "validation.jsonl")[:16]
+    herb_ids = herb_token_ids(tokenizer)
+    herb_token = dict(zip(vocab().herbs, herb_ids, strict=True))
+    priors = [np.full(len(herb_ids), 1 / len(herb_ids), dtype=np.float32)] * len(records)
+    copies = first_step_examples(tokenizer, records, priors, 2, herb_token, random.Random(0))
+    assert len(copies) == 2 * len(records)
+    for copy, record in zip(copies, records * 2, strict=True):
+        (position, target), = copy.herb_steps
+        assert position == len(copy.ids) - 1 and set(copy.labels) == {IGNORE}
+        assert target == [herb_token[h] for h in record["herbs"]]  # every herb of the prescription
+        prefix = tokenizer.decode(copy.ids[:position])
+        assert sorted(tokenizer.decode(first_step_ids(tokenizer, record["symptoms"]))) == sorted(prefix)
+    pairs = zip(copies, records * 2, strict=True)
+    shuffled = [c.ids[:-1] != first_step_ids(tokenizer, r["symptoms"]) for c, r in pairs]
+    assert any(shuffled)  # symptom order varies between copies
+    model.train()
+    loss = sft_loss(model, collate(copies, tokenizer.pad_token_id, "cpu"), copies, torch.tensor(herb_ids), 0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and model.get_input_embeddings().weight.grad.abs().sum() > 0

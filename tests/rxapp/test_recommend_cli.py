@@ -17,7 +17,7 @@ def test_one_case_as_json(cli, micro_export):
     assert out["symptoms"] == ["咳嗽", "恶寒"] and out["pregnant"] is True
     assert out["steps"] and {"action", "herb", "explanation", "facts", "warnings"} <= out["steps"][0].keys()
     herbs = [s["herb"] for s in out["steps"]]
-    assert out["ranking"][: len(herbs)] == herbs and len(out["ranking"]) == len(vocab().herbs) >= 20
+    assert set(out["ranking"][: len(herbs)]) == set(herbs) and len(out["ranking"]) == len(vocab().herbs) >= 20
     assert all(w["sources"] or w["rule"] == "未识别" for s in out["steps"] for w in s["warnings"])
 
 

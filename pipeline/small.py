@@ -1,0 +1,161 @@
+"""`pipeline small`: a small BART (symptoms → herb list) trained from scratch with the domain tokenizer. It is the
+small model of the preference stage (`pipeline prefs` compares the LLM's prescriptions with its output) and a row
+of the evaluation table.
+
+The encoder reads the LLM's own prompt; the decoder writes herb tokens in the distilled step order, then the end
+token. Decoding is greedy over vocabulary herbs only, without repeats; the first decoder step's distribution ranks
+the herbs it did not write, as for the LLM (`rxapp.ranking`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration, get_cosine_schedule_with_warmup
+
+from pipeline.config import PipelineConfig, SmallConfig
+from pipeline.distill import read_examples
+from pipeline.metrics import ranking_metrics
+from pipeline.scoring import herb_token_ids
+from pipeline.tokenizer import build_tokenizer
+from rxapp.ranking import rank_herbs
+from rxapp.stepformat import encode_prompt, render_prompt
+from rxapp.vocab import vocab
+
+MAX_HERBS = 20
+IGNORE = -100
+
+
+def new_small_model(cfg: SmallConfig, tokenizer) -> BartForConditionalGeneration:
+    end = tokenizer.eos_token_id
+    config = BartConfig(
+        vocab_size=len(tokenizer), d_model=cfg.d_model, encoder_layers=cfg.layers, decoder_layers=cfg.layers,
+        encoder_attention_heads=cfg.heads, decoder_attention_heads=cfg.heads, encoder_ffn_dim=cfg.ffn_dim,
+        decoder_ffn_dim=cfg.ffn_dim, dropout=cfg.dropout, max_position_embeddings=128,
+        pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=end, forced_eos_token_id=None,
+    )
+    return BartForConditionalGeneration(config)
+
+
+def pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of right-padded rows."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), value)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def encoder_ids(tokenizer, symptoms: Sequence[str]) -> list[int]:
+    return encode_prompt(tokenizer, render_prompt(symptoms))
+
+
+@torch.no_grad()
+def predict(model, tokenizer, symptom_sets: Sequence[Sequence[str]], batch_size: int = 256
+            ) -> tuple[list[list[str]], np.ndarray]:
+    """Greedy herb lists (vocabulary herbs only, no repeats, 1 to MAX_HERBS) and the first step's log-probability
+    of every vocabulary herb (records × herbs)."""
+    model.eval()
+    herb_ids = torch.tensor(herb_token_ids(tokenizer))
+    end = tokenizer.eos_token_id
+    allowed = torch.full((len(tokenizer),), float("-inf"))
+    allowed[herb_ids] = 0.0
+    allowed[end] = 0.0
+    name = dict(zip(herb_ids.tolist(), vocab().herbs, strict=True))
+    lists, firsts = [], []
+    for start in range(0, len(symptom_sets), batch_size):
+        ids, mask = pad([encoder_ids(tokenizer, s) for s in symptom_sets[start : start + batch_size]], end)
+        encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        written = torch.full((len(ids), 1), model.config.decoder_start_token_id)
+        blocked = torch.zeros((len(ids), len(tokenizer)))
+        done = torch.zeros(len(ids), dtype=torch.bool)
+        for step in range(MAX_HERBS + 1):
+            logits = model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=written).logits[:, -1]
+            logits = logits + allowed + blocked
+            if step == 0:  # every prescription holds at least one herb
+                firsts.append(logits[:, herb_ids].log_softmax(dim=-1).numpy())
+                logits[:, end] = float("-inf")
+            chosen = logits.argmax(dim=-1) if step < MAX_HERBS else torch.full((len(ids),), end)
+            chosen[done] = end
+            done |= chosen == end
+            blocked[torch.arange(len(ids)), chosen] = float("-inf")
+            written = torch.cat([written, chosen[:, None]], dim=1)
+            if done.all():
+                break
+        lists += [[name[t] for t in row.tolist() if t != end] for row in written[:, 1:]]
+    return lists, np.concatenate(firsts)
+
+
+def rankings(model, tokenizer, symptom_sets: Sequence[Sequence[str]]) -> tuple[list[list[str]], list[list[str]]]:
+    """(herb lists, rankings by the shared rule)."""
+    lists, scores = predict(model, tokenizer, symptom_sets)
+    return lists, [rank_herbs(herbs, s) for herbs, s in zip(lists, scores, strict=True)]
+
+
+def train_small(cfg: PipelineConfig, distill_dir: Path, out_dir: Path) -> Path:
+    """Train, keep the checkpoint with the best validation F1@10 in `out_dir/best`, and return that folder."""
+    small = cfg.small
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_tokenizer()
+    model = new_small_model(small, tokenizer)
+    train = read_examples(distill_dir / "train.jsonl")[: small.max_train]
+    validation = read_examples(distill_dir / "validation.jsonl")[: small.max_validation]
+    herb_token = dict(zip(vocab().herbs, herb_token_ids(tokenizer), strict=True))
+    pairs = [(encoder_ids(tokenizer, e["symptoms"]), [herb_token[h] for h in e["herbs"]] + [tokenizer.eos_token_id])
+             for e in train]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=small.lr, weight_decay=small.weight_decay)
+    steps = math.ceil(len(pairs) / small.batch_size) * small.epochs
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(0.05 * steps), steps)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log, best, bad, start = [], -1.0, 0, time.time()
+    for epoch in range(small.epochs):
+        model.train()
+        random.shuffle(pairs)
+        bar = tqdm(range(0, len(pairs), small.batch_size), desc=f"small epoch {epoch + 1}/{small.epochs}",
+                   unit="batch", disable=None)
+        for first in bar:
+            batch = pairs[first : first + small.batch_size]
+            ids, mask = pad([p[0] for p in batch], tokenizer.eos_token_id)
+            labels, _ = pad([p[1] for p in batch], IGNORE)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        _, ranked = rankings(model, tokenizer, [e["symptoms"] for e in validation])
+        metrics = ranking_metrics(ranked, [set(e["herbs"]) for e in validation])
+        entry = {"epoch": epoch + 1, "train_loss": loss.item(), "val_P@5": metrics["P@5"],
+                 "val_F1@10": metrics["F1@10"], "elapsed_s": round(time.time() - start, 1)}
+        log.append(entry)
+        tqdm.write(json.dumps(entry))
+        bad = 0 if metrics["F1@10"] > best else bad + 1
+        if not bad:
+            best = metrics["F1@10"]
+            model.save_pretrained(out_dir / "best")
+            tokenizer.save_pretrained(out_dir / "best")
+        (out_dir / "log.json").write_text(json.dumps(log, indent=2) + "\n")
+        if bad >= small.patience:
+            break
+    return out_dir / "best"
+
+
+def load_small(path: Path) -> tuple[BartForConditionalGeneration, object]:
+    return BartForConditionalGeneration.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def is_small_model(path: Path) -> bool:
+    config = path / "config.json"
+    return config.exists() and json.loads(config.read_text()).get("model_type") == "bart"
