@@ -21,9 +21,8 @@ UNPAIRED_KEYS = ("prompt", "completion", "label")
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """`read_examples` of a `pipeline prefs` file; none when the file is absent."""
+    return read_examples(path) if path.exists() else []
 
 
 def trl_rows(records: list[dict], keys: tuple[str, ...], tokenizer) -> list[dict]:

@@ -148,8 +148,9 @@ def build_preferences(cfg: PipelineConfig, run_dir: Path, model_dir: Path, small
     from rxapp.backends import saved_stop_threshold
 
     settings = cfg.prefs
-    stats = TrainStats.from_records(load_split("train"))
-    cases = load_split("train")[: settings.cases]
+    train = load_split("train")
+    stats = TrainStats.from_records(train)
+    cases = train[: settings.cases]
     model, tokenizer = load_trained(model_dir)
     torch.manual_seed(cfg.seed)
     repeated = [c.symptoms for c in cases for _ in range(settings.samples)]

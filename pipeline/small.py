@@ -25,13 +25,13 @@ from pipeline.config import PipelineConfig, SmallConfig
 from pipeline.distill import read_examples
 from pipeline.metrics import ranking_metrics
 from pipeline.scoring import herb_token_ids
+from pipeline.sft import IGNORE
 from pipeline.tokenizer import build_tokenizer
 from rxapp.ranking import rank_herbs
 from rxapp.stepformat import encode_prompt, render_prompt
 from rxapp.vocab import vocab
 
 MAX_HERBS = 20
-IGNORE = -100
 
 
 def new_small_model(cfg: SmallConfig, tokenizer) -> BartForConditionalGeneration:
