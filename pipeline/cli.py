@@ -65,6 +65,39 @@ def run_dpo(args: argparse.Namespace) -> int:
     return 0
 
 
+GRPO_START = "the model GRPO starts from, also its KL reference (default: RUN/dpo/best if present, else RUN/sft/best)"
+
+
+def grpo_start(args: argparse.Namespace) -> Path:
+    """The model GRPO starts from: --model, else RUN/dpo/best when present, else RUN/sft/best."""
+    dpo, sft = args.out / "dpo" / "best", args.out / "sft" / "best"
+    start = args.model or (dpo if dpo.exists() else sft)
+    print(f"GRPO starts from {start}", file=sys.stderr)
+    return start
+
+
+def run_grpo(args: argparse.Namespace) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.grpo import train_grpo
+
+    cfg = PipelineConfig.load(args.config)
+    if args.alpha is not None:
+        cfg.grpo.alpha = args.alpha
+    print(f"best model: {train_grpo(cfg, args.out, grpo_start(args))}")
+    return 0
+
+
+def run_tradeoff(args: argparse.Namespace) -> int:
+    from pipeline.config import PipelineConfig
+    from pipeline.tradeoff import sweep, tradeoff_table
+
+    cfg = PipelineConfig.load(args.config)
+    rows = sweep(cfg, args.out, grpo_start(args), args.alphas, args.split, args.limit)
+    print(tradeoff_table(rows))
+    print(f"wrote {args.out / 'tradeoff.json'} and {args.out / 'tradeoff.png'}", file=sys.stderr)
+    return 0
+
+
 def run_sft(args: argparse.Namespace) -> int:
     import torch.distributed
 
@@ -91,14 +124,25 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def differences(rows: list[dict]) -> list[dict]:
+    """Each later model's metrics minus the first's (e.g. DPO against the SFT model it started from)."""
+    first = rows[0]
+    return [{"model": f"Δ {r['model']} − {first['model']}",
+             **{k: v - first[k] for k, v in r.items() if isinstance(v, float) and isinstance(first.get(k), float)}}
+            for r in rows[1:]]
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate_baseline, evaluate_model, format_table, reference_row, write_json
 
     if args.model:
-        rows = [evaluate_model(args.model, args.split, args.limit, args.stepper, args.alpha)]
+        rows = [evaluate_model(path, args.split, args.limit, args.stepper, args.alpha) for path in args.model]
+        rows += differences(rows)
         compared = [evaluate_baseline(name, args.split, args.limit) for name in BASELINES]
-        name = f"eval-{args.split}" + (f"-stepper-{args.model.stem}" if rows[0].get("decoding") else "")
-        out = args.out or (args.model if args.model.is_dir() else args.model.parent) / f"{name}.json"
+        first = args.model[0]
+        name = f"eval-{args.split}" + (f"-stepper-{first.stem}" if rows[0].get("decoding") else "")
+        default = (first if first.is_dir() else first.parent) / f"{name}.json"
+        out = args.out or (default if len(rows) == 1 else Path("runs") / "evaluate" / f"models-{args.split}.json")
     else:
         names = list(BASELINES) if "all" in args.baseline else list(dict.fromkeys(args.baseline))
         rows = [evaluate_baseline(name, args.split, args.limit) for name in names]
@@ -129,6 +173,14 @@ def run_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def stage_parser(sub, name: str, out_help: str, help: str) -> argparse.ArgumentParser:
+    """A training stage's parser, with the --config and --out that every stage takes."""
+    parser = sub.add_parser(name, help=help)
+    parser.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="rx training pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,27 +197,37 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--rpm", type=float, default=60.0, help="requests per minute at most (default %(default)s)")
     distill.add_argument("--limit", type=int, help="ask the endpoint about the first N records of each split only")
     distill.set_defaults(run=run_distill)
-    sft = sub.add_parser("sft", help="supervised fine-tuning on the distilled examples (torchrun for several ranks)")
-    sft.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
-    sft.add_argument("--out", type=Path, required=True, help="run folder (distill/ and sft/ are written in it)")
+    sft = stage_parser(sub, "sft", "run folder (distill/ and sft/ are written in it)",
+                       "supervised fine-tuning on the distilled examples (torchrun for several ranks)")
     sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     sft.set_defaults(run=run_sft)
-    small = sub.add_parser("small", help="train the small BART (symptoms → herb list) of the preference stage")
-    small.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
-    small.add_argument("--out", type=Path, required=True, help="run folder (distill/ and small/ are written in it)")
+    small = stage_parser(sub, "small", "run folder (distill/ and small/ are written in it)",
+                         "train the small BART (symptoms → herb list) of the preference stage")
     small.set_defaults(run=run_small)
-    prefs = sub.add_parser("prefs", help="preference pairs: LLM samples against the small BART (and clinician "
-                           "feedback with --from-feedback), written to RUN/prefs/")
-    prefs.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
-    prefs.add_argument("--out", type=Path, required=True, help="run folder holding sft/best and small/best")
+    prefs = stage_parser(sub, "prefs", "run folder holding sft/best and small/best",
+                         "preference pairs: LLM samples against the small BART (and clinician feedback with "
+                         "--from-feedback), written to RUN/prefs/")
     prefs.add_argument("--model", type=Path, help="the LLM to sample (default: RUN/sft/best)")
     prefs.add_argument("--from-feedback", type=Path, help="the app's feedback database (rx.db) or its JSONL export")
     prefs.set_defaults(run=run_prefs)
-    dpo = sub.add_parser("dpo", help="DPO (TRL) on RUN/prefs from the SFT model; the result in RUN/dpo/best")
-    dpo.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
-    dpo.add_argument("--out", type=Path, required=True, help="run folder holding prefs/ and sft/best")
+    dpo = stage_parser(sub, "dpo", "run folder holding prefs/ and sft/best",
+                       "DPO (TRL) on RUN/prefs from the SFT model; the result in RUN/dpo/best")
     dpo.add_argument("--model", type=Path, help="the model to start from and refer to (default: RUN/sft/best)")
     dpo.set_defaults(run=run_dpo)
+    grpo = stage_parser(sub, "grpo", "run folder holding distill/ and the starting model",
+                        "step-wise GRPO with reward shaping and incompatibility penalty α; the result in "
+                        "RUN/grpo-aα/best with log.json and curves.png (torchrun for data parallel)")
+    grpo.add_argument("--model", type=Path, help=GRPO_START)
+    grpo.add_argument("--alpha", type=float, help="incompatibility penalty α (default: the config's grpo.alpha)")
+    grpo.set_defaults(run=run_grpo)
+    tradeoff = stage_parser(sub, "tradeoff", "run folder holding distill/ and the start model",
+                            "α sweep: GRPO per α (trained when missing), each scored with the start model through "
+                            "the app's stepper; RUN/tradeoff.json and tradeoff.png")
+    tradeoff.add_argument("--model", type=Path, help=GRPO_START)
+    tradeoff.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    tradeoff.add_argument("--split", default="test", choices=SPLITS)
+    tradeoff.add_argument("--limit", type=int, help="score the first N records only (quick checks)")
+    tradeoff.set_defaults(run=run_tradeoff)
     export = sub.add_parser("export", help="merged HF folder, GGUF f16 and quantised GGUFs of a trained model")
     export.add_argument("--model", type=Path, required=True, help="trained model folder, e.g. RUN/sft/best")
     export.add_argument("--out", type=Path, required=True, help="output folder (hf/, model-f16.gguf, model-Q.gguf)")
@@ -175,14 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate recommenders on a split, beside the published results")
     what = evaluate.add_mutually_exclusive_group(required=True)
     what.add_argument("--baseline", nargs="+", choices=[*BASELINES, "all"], help="baseline(s) to evaluate, or all")
-    what.add_argument("--model", type=Path, help="a trained model folder, an export's hf/ folder or a .gguf file")
+    what.add_argument("--model", type=Path, nargs="+",
+                      help="trained model folder(s), export hf/ folders or .gguf files; with several, the table "
+                      "adds each one's difference from the first")
     evaluate.add_argument("--stepper", choices=["llama", "hf"],
                           help="decode with the app's stepper on this backend (a .gguf model always does)")
     evaluate.add_argument("--alpha", type=float, default=0.0, help="the stepper's safety cost α (default 0: none)")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N records only (quick checks)")
     evaluate.add_argument("--split", default="test", choices=SPLITS)
     evaluate.add_argument("--out", type=Path, help="JSON file to write (default: runs/evaluate/NAME-SPLIT.json for "
-                          "baselines, MODEL/eval-SPLIT.json for a model)")
+                          "baselines, MODEL/eval-SPLIT.json for a model, runs/evaluate/models-SPLIT.json for several)")
     evaluate.add_argument("--json", action="store_true",
                           help="print the JSON on stdout (the table then goes to stderr)")
     evaluate.set_defaults(run=run_evaluate)

@@ -82,6 +82,27 @@ class DpoConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """`pipeline grpo`: step-wise GRPO with potential-based reward shaping (the terms are in pipeline/grpo.py)."""
+
+    updates: int = 60
+    states: int = 8  # states per update (per process under torchrun)
+    group: int = 8  # G rollouts per state
+    alpha: float = 1.0  # incompatibility penalty in the potential Φ
+    invalid_penalty: float = 0.1  # β: the cost of an invalid line
+    step_weight: float = 0.5  # λ: weight of the step advantage beside the outcome advantage
+    clip: float = 0.2  # ε of the clipped surrogate
+    kl: float = 0.04  # κ: weight of the KL to the reference (the starting model)
+    iterations: int = 2  # gradient steps on each update's rollouts (the clip matters from the second on)
+    lr: float = 2e-5
+    temperature: float = 0.7  # of the rollouts, and of the log-probabilities in the ratio and the KL
+    max_lines: int = 12  # a rollout ends after this many lines' worth of tokens
+    policy_share: float = 0.5  # states from the policy's own rollouts; the rest are corrupted ground truth
+    pregnant_share: float = 0.1  # states whose patient is pregnant, so that the pregnancy rules are exercised
+    error_cases: int = 200  # validation cases that measure the starting model's errors (for corrupted truth)
+
+
+@dataclass
 class TeacherConfig:
     kind: str = "knowledge"  # "knowledge": the offline teacher; "openai": a chat-completions endpoint, then knowledge
     url: str | None = None  # e.g. http://127.0.0.1:8000/v1 (the key, if any, comes from OPENAI_API_KEY)
@@ -110,6 +131,7 @@ class PipelineConfig:
     small: SmallConfig = field(default_factory=SmallConfig)
     prefs: PrefsConfig = field(default_factory=PrefsConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
 
     @classmethod
     def load(cls, path: Path) -> PipelineConfig:

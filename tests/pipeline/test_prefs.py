@@ -106,6 +106,11 @@ def test_prefs_then_dpo_and_kto_on_the_micro_run(micro_run, micro_small, feedbac
     log = json.loads((micro_run / "dpo" / "log.json").read_text())
     assert log["pairs"] == len(pairs) and any("rewards/margins" in e for e in log["dpo"]) and log["unpaired"] == 3
     assert 0.05 <= stop_threshold(json.loads((best / HF_METADATA).read_text())) <= 0.95
-    result = cli("-m", "pipeline", "evaluate", "--model", str(best), "--split", "validation", "--limit", "20", "--json")
+    sft = micro_run / "sft" / "best"
+    result = cli("-m", "pipeline", "evaluate", "--model", str(sft), str(best), "--split", "validation", "--limit",
+                 "20", "--json", "--out", str(micro_run / "dpo" / "against-sft.json"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout)["format_validity"] > 0
+    before, after, delta = json.loads(result.stdout)
+    assert (before["model"], after["model"]) == (str(sft), str(best)) and after["format_validity"] > 0
+    assert delta["model"].startswith("Δ") and delta["F1@10"] == after["F1@10"] - before["F1@10"]
+    assert "Δ" in result.stderr  # the table shows the difference row
