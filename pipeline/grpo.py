@@ -40,6 +40,7 @@ from pipeline.metrics import jaccard
 from pipeline.model import load_trained
 from pipeline.sft import seed_everything, setup_distributed, tune_stopping
 from pipeline.teacher import TrainStats, explain
+from rxapp.backends import saved_stop_threshold
 from rxapp.safety import Patient, incompatible_pairs, rules
 from rxapp.stepformat import (
     SUMMARY_HEADER,
@@ -215,7 +216,7 @@ def grpo_update(model, reference, tokenizer, optimizer, states: list[State], sta
     prompts = [prefix_ids(tokenizer, s, stats) for s in states]
     model.eval()  # and it stays so: with dropout the ratio and the KL would measure dropout noise, not the update
     completions = rollouts(model, tokenizer, prompts, cfg.group, cfg)
-    groups, totals = [], dict.fromkeys(CURVES, 0.0) | {"lines": 0.0}
+    groups, totals = [], dict.fromkeys(("reward", "phi", "invalid_rate", "incompat_rate", "lines"), 0.0)
     for s, state in enumerate(states):
         group = completions[s * cfg.group : (s + 1) * cfg.group]
         parsed = [completion_lines(tokenizer, c) for c in group]
@@ -243,10 +244,9 @@ def grpo_update(model, reference, tokenizer, optimizer, states: list[State], sta
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    totals["kl"] = kl_sum * cfg.group  # the last iteration's KL, so that it averages like the rest
-    rollouts_made = len(completions)
-    values = {k: totals[k] / rollouts_made for k in ("reward", "phi", "kl", "incompat_rate")}
-    return values | {"invalid_rate": totals["invalid_rate"] / max(totals["lines"], 1.0)}
+    values = {k: totals[k] / len(completions) for k in ("reward", "phi", "incompat_rate")}
+    return values | {"kl": kl_sum / len(groups),  # at the last iteration
+                     "invalid_rate": totals["invalid_rate"] / max(totals["lines"], 1.0)}
 
 
 def reference_logprobs(model, reference, prompt: list[int], completions: list[list[int]], pad: int,
@@ -351,8 +351,6 @@ def train_grpo(cfg: PipelineConfig, run_dir: Path, start: Path) -> Path:
     out = alpha_folder(run_dir, settings.alpha)
     model, reference, tokenizer = policy_and_reference(cfg, start, device)
     validation = read_examples(run_dir / "distill" / "validation.jsonl")
-    from rxapp.backends import saved_stop_threshold
-
     errors = measured_errors(model, tokenizer, validation[: settings.error_cases], saved_stop_threshold(start))
     train = load_split("train")
     stats = TrainStats.from_records(train)
