@@ -16,6 +16,7 @@ from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from pipeline.metrics import jaccard
+from pipeline.model import pad_rows
 from rxapp.decoding import FormatTokens, claim_targets, greedy_stop, stop_probability
 from rxapp.stepformat import SUMMARY_HEADER, encode_prompt, parse_response, render_analysis, render_prompt, steps_prefix
 from rxapp.vocab import vocab
@@ -78,12 +79,8 @@ def decode(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop_thresho
         prefixes = [steps_prefix(render_analysis(s)) for s in chunk]
         inputs = [encode_prompt(tokenizer, render_prompt(s)) + tokenizer.encode(p, add_special_tokens=False)
                   for s, p in zip(chunk, prefixes, strict=True)]
-        width = max(map(len, inputs))
-        ids = torch.full((len(inputs), width), tokenizer.pad_token_id)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, seq in enumerate(inputs):
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
+        ids, mask = pad_rows(inputs, tokenizer.pad_token_id, left=True)
+        width = ids.shape[1]
         constraints = StepConstraints(tokenizer, width, chunk, stop_threshold)
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {
             "do_sample": False}

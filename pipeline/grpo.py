@@ -37,7 +37,7 @@ from pipeline.config import GrpoConfig, PipelineConfig
 from pipeline.data import Record, load_split
 from pipeline.distill import read_examples
 from pipeline.metrics import jaccard
-from pipeline.model import load_trained
+from pipeline.model import load_trained, pad_rows
 from pipeline.sft import seed_everything, setup_distributed, tune_stopping
 from pipeline.teacher import TrainStats, explain
 from rxapp.backends import saved_stop_threshold
@@ -152,13 +152,8 @@ def rollouts(model, tokenizer, prompts: list[list[int]], count: int, cfg: GrpoCo
     or after `max_lines` lines' worth of tokens."""
     stop = tokenizer.encode(SUMMARY_HEADER, add_special_tokens=False)[0]
     ends = (stop, tokenizer.eos_token_id)
-    seqs = [p for p in prompts for _ in range(count)]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
+    ids, mask = pad_rows([p for p in prompts for _ in range(count)], tokenizer.pad_token_id, left=True)
+    width = ids.shape[1]
     device = next(model.parameters()).device
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=0,
                          temperature=cfg.temperature, max_new_tokens=14 * cfg.max_lines, eos_token_id=list(ends),
@@ -186,16 +181,10 @@ def completion_logprobs(model, prompt: list[int], completions: list[list[int]], 
     """log π of every completion token after the shared prompt, at the sampling temperature (the policy that made
     the rollouts), [G × T] and right-padded, with its mask."""
     device = next(model.parameters()).device
-    width = max(map(len, completions))
-    ids = torch.full((len(completions), len(prompt) + width), pad)
-    mask = torch.zeros((len(completions), width))
-    for k, completion in enumerate(completions):
-        ids[k, : len(prompt) + len(completion)] = torch.tensor(prompt + completion)
-        mask[k, : len(completion)] = 1
-    attention = torch.cat([torch.ones(len(completions), len(prompt)), mask], dim=1).long()
+    ids, attention = pad_rows([prompt + c for c in completions], pad)
     logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits[:, len(prompt) - 1 : -1]
     logp = (logits.float() / temperature).log_softmax(-1).gather(-1, ids[:, len(prompt):, None].to(device))[..., 0]
-    return logp, mask.to(device)
+    return logp, attention[:, len(prompt):].float().to(device)
 
 
 def average_gradients(model, world: int) -> None:

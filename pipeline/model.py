@@ -3,6 +3,7 @@ local Hugging Face causal-LM folder fine-tuned with LoRA (optionally QLoRA, 4-bi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -12,6 +13,19 @@ from pipeline.config import ModelConfig
 from pipeline.tokenizer import build_tokenizer
 from rxapp.stepformat import ADD, REMOVE
 from rxapp.vocab import vocab
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token rows padded with `value` to the longest: on the right, or on the left for
+    generation, so that every row's last token is in the last column."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), value)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
 
 
 def new_domain_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2ForCausalLM:

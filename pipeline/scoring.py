@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pipeline.model import pad_rows
 from rxapp.stepformat import ADD, encode_prompt, render_analysis, render_prompt, steps_prefix
 from rxapp.vocab import vocab
 
@@ -39,12 +40,7 @@ def first_herb_logprobs(model, tokenizer, symptom_sets: Sequence[Sequence[str]],
     out = []
     for start in range(0, len(symptom_sets), batch_size):
         seqs = [first_step_ids(tokenizer, s) for s in symptom_sets[start : start + batch_size]]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+        ids, mask = pad_rows(seqs, tokenizer.pad_token_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         last = logits[torch.arange(len(seqs)), mask.sum(dim=1).to(device) - 1].float().log_softmax(dim=-1)
         out.append(last[:, herb_ids.to(device)].cpu().numpy())

@@ -30,7 +30,7 @@ from pipeline.data import load_split
 from pipeline.distill import read_examples
 from pipeline.generation import tune_stop_threshold
 from pipeline.metrics import ranking_metrics
-from pipeline.model import load_model, load_trained
+from pipeline.model import load_model, load_trained, pad_rows
 from pipeline.scoring import first_herb_logprobs, first_step_ids, herb_token_ids
 from rxapp.backends import HF_METADATA
 from rxapp.modelinfo import model_metadata
@@ -183,14 +183,8 @@ def batches(examples: list[Example], size: int, rng: random.Random) -> list[list
 
 
 def collate(batch: list[Example], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    width = max(len(e.ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id)
-    labels = torch.full((len(batch), width), IGNORE)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, e in enumerate(batch):
-        ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        labels[row, : len(e.labels)] = torch.tensor(e.labels)
-        mask[row, : len(e.ids)] = 1
+    ids, mask = pad_rows([e.ids for e in batch], pad_id)
+    labels, _ = pad_rows([e.labels for e in batch], IGNORE)
     return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
 
 

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 from pipeline.config import PipelineConfig, SmallConfig
 from pipeline.distill import read_examples
 from pipeline.metrics import ranking_metrics
+from pipeline.model import pad_rows
 from pipeline.scoring import herb_token_ids
 from pipeline.sft import IGNORE
 from pipeline.tokenizer import build_tokenizer
@@ -45,17 +46,6 @@ def new_small_model(cfg: SmallConfig, tokenizer) -> BartForConditionalGeneration
     return BartForConditionalGeneration(config)
 
 
-def pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) of right-padded rows."""
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), value)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
 def encoder_ids(tokenizer, symptoms: Sequence[str]) -> list[int]:
     return encode_prompt(tokenizer, render_prompt(symptoms))
 
@@ -74,7 +64,7 @@ def predict(model, tokenizer, symptom_sets: Sequence[Sequence[str]], batch_size:
     name = dict(zip(herb_ids.tolist(), vocab().herbs, strict=True))
     lists, firsts = [], []
     for start in range(0, len(symptom_sets), batch_size):
-        ids, mask = pad([encoder_ids(tokenizer, s) for s in symptom_sets[start : start + batch_size]], end)
+        ids, mask = pad_rows([encoder_ids(tokenizer, s) for s in symptom_sets[start : start + batch_size]], end)
         encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
         written = torch.full((len(ids), 1), model.config.decoder_start_token_id)
         blocked = torch.zeros((len(ids), len(tokenizer)))
@@ -126,8 +116,8 @@ def train_small(cfg: PipelineConfig, distill_dir: Path, out_dir: Path) -> Path:
                    unit="batch", disable=None)
         for first in bar:
             batch = pairs[first : first + small.batch_size]
-            ids, mask = pad([p[0] for p in batch], tokenizer.eos_token_id)
-            labels, _ = pad([p[1] for p in batch], IGNORE)
+            ids, mask = pad_rows([p[0] for p in batch], tokenizer.eos_token_id)
+            labels, _ = pad_rows([p[1] for p in batch], IGNORE)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -5,7 +5,6 @@ Markdown table and RUN/tradeoff.png (incompatibility rate against F1@10), which 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,7 +70,3 @@ def plot_tradeoff(rows: Sequence[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def read_tradeoff(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "tradeoff.json").read_text(encoding="utf-8"))
