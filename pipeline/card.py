@@ -4,6 +4,7 @@ results, the app's safety α, file hashes) that the app's model tab shows."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -14,6 +15,7 @@ from pipeline.evaluate import PUBLISHED
 from rxapp.engine import file_sha256
 from rxapp.stepper import StepperConfig
 
+DEFAULT_STAGES = ("distill", "sft", "export")  # what `pipeline sft` then `pipeline export` produce
 CARD_COLUMNS = ("P@5", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate", "avg_herbs", "grounding",
                 "format_validity")
 
@@ -28,6 +30,11 @@ def metrics_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def export_files(folder: Path) -> list[Path]:
+    """The files of an export that the card lists with their hashes: the GGUFs and the hf/ folder's files."""
+    return sorted(folder.glob("*.gguf")) + sorted(p for p in (folder / "hf").glob("*") if p.is_file())
+
+
 def load_rows(paths: Sequence[Path]) -> list[dict]:
     """Rows from evaluation JSON files (each holds one row or a list of rows)."""
     rows: list[dict] = []
@@ -37,7 +44,47 @@ def load_rows(paths: Sequence[Path]) -> list[dict]:
     return rows
 
 
-def render_card(config: PipelineConfig, rows: Sequence[dict], files: Sequence[Path], stop_threshold: float) -> str:
+def stage_list(config: PipelineConfig, stages: Sequence[str]) -> str:
+    """One Markdown bullet per stage that produced the model, with the settings that shaped it."""
+    sft, prefs, dpo, grpo = config.sft, config.prefs, config.dpo, config.grpo
+    described = {
+        "distill": f"teacher distillation (`{config.teacher.kind}` teacher)",
+        "sft": f"SFT ({sft.epochs} epochs at most, lr {sft.lr}, weight decay {sft.weight_decay}, step order "
+               f"`{sft.order}`, herb targets `{sft.herb_targets}`, teacher weight {sft.teacher_weight}, first-step "
+               f"copies of each record per epoch {sft.first_step_passes}; the checkpoint with the best validation "
+               "F1@10 is kept)",
+        "small": f"the small BART of the preference stage ({config.small.layers} encoder and {config.small.layers} "
+                 f"decoder layers, d_model {config.small.d_model})",
+        "prefs": f"implicit preference pairs ({prefs.cases or 'all'} training cases × {prefs.samples} samples at "
+                 f"temperature {prefs.temperature}, Jaccard margin {prefs.margin}; rule in `pipeline/prefs.py`)",
+        "dpo": f"DPO from the SFT model (β {dpo.beta}, lr {dpo.lr}, {dpo.epochs} epoch(s)"
+               + (", then KTO on the unpaired feedback, if any)" if dpo.kto else ")"),
+        "grpo": f"step-wise GRPO (α {grpo.alpha:g}, {grpo.updates} updates × {grpo.states} states × {grpo.group} "
+                f"rollouts, λ {grpo.step_weight}, clip {grpo.clip}, KL {grpo.kl}, lr {grpo.lr})",
+        "export": "export (merged HF folder, GGUF f16, Q8_0 and Q4_K_M)",
+    }
+    return "\n".join(f"  - {described[s]}" for s in stages if s in described)
+
+
+def tradeoff_section(rows: Sequence[dict]) -> str:
+    """The GRPO α sweep: its table and plot (tradeoff.png beside the card), or nothing when none was run."""
+    if not rows:
+        return ""
+    from pipeline.tradeoff import tradeoff_table
+
+    return f"""
+## Incompatibility penalty α of step-wise GRPO
+Each α trains its own GRPO model from the same start; each is scored as Q4_K_M through the app's stepper with the
+app's own safety cost off, so that only training moves the rate of prescriptions holding a 十八反/十九畏 pair.
+
+{tradeoff_table(rows)}
+
+![incompatibility rate against F1@10 for each α](tradeoff.png)
+"""
+
+
+def render_card(config: PipelineConfig, rows: Sequence[dict], files: Sequence[Path], stop_threshold: float,
+                stages: Sequence[str] = DEFAULT_STAGES, tradeoff: Sequence[dict] = ()) -> str:
     counts = {s: len(load_split(s)) for s in ("train_full", "validation", "test")}
     splits = sorted({r["split"] for r in rows})
     shown = [{**r, "model": _label(r)} for r in rows]
@@ -46,7 +93,6 @@ def render_card(config: PipelineConfig, rows: Sequence[dict], files: Sequence[Pa
     architecture = (f"LoRA r={model.lora_r} on {model.base}" if model.base else
                     f"Qwen2-shaped, trained from scratch with the domain tokenizer: hidden {model.hidden_size}, "
                     f"{model.layers} layers, {model.heads} heads ({model.kv_heads} KV), MLP {model.intermediate_size}")
-    sft = config.sft
     hashes = "\n".join(f"| `{f.name}` | {f.stat().st_size:,} | `{file_sha256(f)}` |" for f in files)
     return f"""# rx model card: `{config.name}`
 
@@ -62,11 +108,8 @@ recommendation must be reviewed, and its safety warnings read, by the practition
 
 ## Model and stages
 - {architecture}.
-- Stages run: teacher distillation (`{config.teacher.kind}` teacher) → SFT ({sft.epochs} epochs at most, lr
-  {sft.lr}, weight decay {sft.weight_decay}, step order `{sft.order}`, herb targets `{sft.herb_targets}`, teacher
-  weight {sft.teacher_weight}, first-step copies of each record per epoch {sft.first_step_passes}; the checkpoint
-  with the best validation F1@10 is kept) → export.
-- Preference stages (DPO, step-wise GRPO) have not been run on this model.
+- Stages run, in order:
+{stage_list(config, stages)}
 
 ## Safety α
 The app decodes with α = {StepperConfig.alpha:g} (a logit cost per broken 十八反/十九畏 or pregnancy rule, doubled for
@@ -87,7 +130,7 @@ well than those statistics do.
 Published results on the same test split (rankings only):
 
 {metrics_table(published)}
-
+{tradeoff_section(tradeoff)}
 ## Files
 | file | bytes | sha256 |
 |---|---|---|
@@ -107,9 +150,13 @@ def _label(row: dict) -> str:
 
 
 def write_card(config: PipelineConfig, eval_files: Sequence[Path], model_files: Sequence[Path], out: Path,
-               stop_threshold: float) -> Path:
-    """Write `out` (card.md) atomically."""
-    text = render_card(config, load_rows(eval_files), model_files, stop_threshold)
+               stop_threshold: float, stages: Sequence[str] = DEFAULT_STAGES, tradeoff: Path | None = None) -> Path:
+    """Write `out` (card.md) atomically; with `tradeoff` (a tradeoff.json), its table and its plot (copied beside
+    the card) too."""
+    tradeoff_rows = load_rows([tradeoff]) if tradeoff else []
+    if tradeoff:
+        shutil.copyfile(tradeoff.with_suffix(".png"), out.with_name("tradeoff.png"))
+    text = render_card(config, load_rows(eval_files), model_files, stop_threshold, stages, tradeoff_rows)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)

@@ -1,5 +1,6 @@
-"""Command line of the training pipeline: `python -m pipeline knowledge | distill | sft | small | prefs | dpo |
-export | evaluate | card`."""
+"""Command line of the training pipeline: `python -m pipeline run` (every stage), or one stage at a time:
+`knowledge | distill | sft | small | prefs | dpo | grpo | tradeoff | export | evaluate | card`; `ship` makes an
+export the app's default model."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import sys
 from pathlib import Path
 
 from pipeline.baselines import BASELINES
+from pipeline.card import DEFAULT_STAGES
 from pipeline.data import SPLITS
 from pipeline.export import QUANTISATIONS
 from pipeline.llm_teacher import TeacherError
+from pipeline.run import STAGE_NAMES
+from rxapp import DEFAULT_MODEL
 from rxapp.feedback import StoreError
 from rxapp.knowledge import KNOWLEDGE_FILE
 
@@ -124,16 +128,15 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def differences(rows: list[dict]) -> list[dict]:
-    """Each later model's metrics minus the first's (e.g. DPO against the SFT model it started from)."""
-    first = rows[0]
-    return [{"model": f"Δ {r['model']} − {first['model']}",
-             **{k: v - first[k] for k, v in r.items() if isinstance(v, float) and isinstance(first.get(k), float)}}
-            for r in rows[1:]]
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_table, reference_row, write_json
+    from pipeline.evaluate import (
+        differences,
+        evaluate_baseline,
+        evaluate_model,
+        format_table,
+        reference_row,
+        write_json,
+    )
 
     if args.model:
         rows = [evaluate_model(path, args.split, args.limit, args.stepper, args.alpha) for path in args.model]
@@ -161,15 +164,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_card(args: argparse.Namespace) -> int:
-    from pipeline.card import write_card
+    from pipeline.card import export_files, write_card
     from pipeline.config import PipelineConfig
     from rxapp.backends import saved_stop_threshold
 
-    files = sorted(args.export.glob("*.gguf")) + sorted(p for p in (args.export / "hf").glob("*") if p.is_file())
+    files = export_files(args.export)
     if not files:
         raise FileNotFoundError(f"{args.export} holds no exported model (run `python -m pipeline export` first)")
     print(write_card(PipelineConfig.load(args.config), args.eval, files, args.export / "card.md",
-                     saved_stop_threshold(args.export / "hf")))
+                     saved_stop_threshold(args.export / "hf"), args.stages, args.tradeoff))
+    return 0
+
+
+def run_all(args: argparse.Namespace) -> int:
+    from pipeline.run import report_table, run_pipeline
+
+    out = args.out or Path("runs") / args.config.stem
+    report = run_pipeline(args.config, out, args.from_feedback, args.resume, args.until, tuple(args.redo))
+    print(report_table(report))
+    if (out / "export" / "card.md").exists():
+        print(f"model: {out / 'export'} (card.md beside it); try it: python launch.py --model "
+              f"{out / 'export' / 'model-q4_k_m.gguf'}", file=sys.stderr)
+    return 0
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    from pipeline.ship import ship
+
+    for path in ship(args.export, args.to):
+        print(path)
     return 0
 
 
@@ -184,6 +207,22 @@ def stage_parser(sub, name: str, out_help: str, help: str) -> argparse.ArgumentP
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="rx training pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
+    everything = sub.add_parser("run", help="every stage in order (prepare → knowledge → distill → sft → small → "
+                                "prefs → dpo → grpo → [tradeoff] → export → evaluate → card), skipping what is current")
+    everything.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
+    everything.add_argument("--out", type=Path,
+                            help="run folder (default: runs/ and the config file's name, e.g. runs/default)")
+    everything.add_argument("--from-feedback", type=Path,
+                            help="the app's feedback database (rx.db) or its JSONL export: its pairs join the "
+                            "preference data")
+    everything.add_argument("--resume", action="store_true",
+                            help="continue an interrupted run: SFT from its last checkpoint, the α sweep from the α "
+                            "already trained (the config must be unchanged)")
+    everything.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
+    everything.add_argument("--redo", nargs="+", default=[], choices=STAGE_NAMES, metavar="STAGE",
+                            help="run these stages (and what builds on them) even when current, e.g. after a code "
+                            "change")
+    everything.set_defaults(run=run_all)
     knowledge = sub.add_parser("knowledge", help="rebuild assets/knowledge/herbs.json from the raw KDHR files")
     knowledge.add_argument("--out", type=Path, default=KNOWLEDGE_FILE, help="where to write (default: %(default)s)")
     knowledge.set_defaults(run=run_knowledge)
@@ -255,7 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--config", type=Path, required=True, help="the config the model was trained with")
     card.add_argument("--eval", type=Path, nargs="+", required=True,
                       help="evaluation JSON files (from `pipeline evaluate`) whose rows the card shows")
+    card.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGE_NAMES,
+                      help="the stages that produced the model (default: %(default)s)")
+    card.add_argument("--tradeoff", type=Path, help="RUN/tradeoff.json of `pipeline tradeoff`: its table and plot "
+                      "go into the card")
     card.set_defaults(run=run_card)
+    ship = sub.add_parser("ship", help="make an export the app's embedded default model: its Q4_K_M GGUF, card, plots "
+                          "and (within 50 MiB) hf/ folder replace assets/models/default/")
+    ship.add_argument("--export", type=Path, required=True, help="an export folder with its card, e.g. RUN/export")
+    ship.add_argument("--to", type=Path, default=DEFAULT_MODEL.parent, help="destination (default: %(default)s)")
+    ship.set_defaults(run=run_ship)
     return parser
 
 

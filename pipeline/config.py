@@ -103,6 +103,17 @@ class GrpoConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """What `pipeline run` scores at its end: every trained stage's Q4_K_M through the app's stepper, beside the
+    baselines, and optionally the α sweep of step-wise GRPO."""
+
+    split: str = "test"
+    limit: int | None = None  # the first N records only (micro config)
+    alpha: float = 0.0  # the stepper's own safety cost while scoring (0: what training alone achieves)
+    tradeoff_alphas: list[float] = field(default_factory=list)  # GRPO α sweep for the model card (empty: none)
+
+
+@dataclass
 class TeacherConfig:
     kind: str = "knowledge"  # "knowledge": the offline teacher; "openai": a chat-completions endpoint, then knowledge
     url: str | None = None  # e.g. http://127.0.0.1:8000/v1 (the key, if any, comes from OPENAI_API_KEY)
@@ -132,6 +143,7 @@ class PipelineConfig:
     prefs: PrefsConfig = field(default_factory=PrefsConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @classmethod
     def load(cls, path: Path) -> PipelineConfig:

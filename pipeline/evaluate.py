@@ -177,6 +177,14 @@ def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: st
     return row | ({"decoding": f"stepper:{stepper}", "alpha": alpha} if stepper else {})
 
 
+def differences(rows: list[dict]) -> list[dict]:
+    """Each later model's metrics minus the first's (e.g. DPO against the SFT model it started from)."""
+    first = rows[0]
+    return [{"model": f"Δ {r['model']} − {first['model']}", "split": first["split"],
+             **{k: v - first[k] for k, v in r.items() if isinstance(v, float) and isinstance(first.get(k), float)}}
+            for r in rows[1:]]
+
+
 def reference_row(split: str, limit: int | None = None) -> dict:
     """The doctors' own prescriptions: the incompatibility rate and size that real practice shows."""
     records = load_split(split)[:limit]

@@ -5,6 +5,7 @@ Markdown table and RUN/tradeoff.png (incompatibility rate against F1@10), which 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,8 +30,9 @@ def sweep(cfg: PipelineConfig, run_dir: Path, start: Path, alphas: Sequence[floa
     for alpha in alphas:
         folder = alpha_folder(run_dir, alpha)
         if not (folder / "best" / "config.json").exists():
-            cfg.grpo.alpha = alpha
-            train_grpo(cfg, run_dir, start)
+            at_alpha = copy.deepcopy(cfg)
+            at_alpha.grpo.alpha = alpha
+            train_grpo(at_alpha, run_dir, start)
         rows.append(scored(folder / "best", folder / "export", split, limit) | {"grpo_alpha": alpha})
     write_json(rows, run_dir / "tradeoff.json")
     plot_tradeoff(rows, run_dir / "tradeoff.png")

@@ -3,8 +3,10 @@ A model that fails to load leaves the app running without one, with the reason t
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -35,13 +37,27 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+CARD_IMAGE = re.compile(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)")
+
+
+def inline_images(text: str, folder: Path) -> str:
+    """The PNGs a card links beside it, as data URIs: the app's Markdown view cannot fetch files."""
+    def data_uri(link: re.Match) -> str:
+        image = folder / link.group(2)
+        if not image.is_file():
+            return link.group(0)
+        return f"![{link.group(1)}](data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()})"
+
+    return CARD_IMAGE.sub(data_uri, text)
+
+
 def model_card(path: Path) -> str:
     """The card.md shipped beside a model (its data, metrics and α; for an export's hf/ folder, the export's card),
-    or a line saying there is none."""
+    with its plots inlined, or a line saying there is none."""
     folder = path if path.is_dir() else path.parent
     for card in (folder / "card.md", folder.parent / "card.md") if path.is_dir() else (folder / "card.md",):
         if card.exists():
-            return card.read_text(encoding="utf-8")
+            return inline_images(card.read_text(encoding="utf-8"), card.parent)
     return f"（{folder} 中没有模型卡 card.md）"
 
 

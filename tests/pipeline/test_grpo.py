@@ -11,6 +11,7 @@ import torch
 from pipeline.config import GrpoConfig
 from pipeline.grpo import State, grpo_loss, incompatibility, line_rewards, potential, token_advantages
 from pipeline.metrics import jaccard
+from rxapp.engine import model_card
 from tests.conftest import ROOT
 
 
@@ -116,3 +117,15 @@ def test_tradeoff_scores_the_start_and_each_alpha_and_plots_them(micro_run):
     assert all(r["decoding"] == "stepper:llama" and r["alpha"] == 0.0 for r in rows)
     assert "GRPO α=0.5" in result.stdout and "start (no GRPO)" in result.stdout
     assert (micro_run / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    export = micro_run / "grpo-a0.5" / "export"
+    result = subprocess.run([sys.executable, "-m", "pipeline", "card", "--export", str(export), "--config",
+                             "configs/micro.yaml", "--eval", str(micro_run / "tradeoff.json"), "--stages", "distill",
+                             "sft", "grpo", "export", "--tradeoff", str(micro_run / "tradeoff.json")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = (export / "card.md").read_text(encoding="utf-8")
+    assert "step-wise GRPO (α" in card and "DPO" not in card and "| GRPO α=0.5 | 8 |" in card
+    assert (export / "tradeoff.png").read_bytes() == (micro_run / "tradeoff.png").read_bytes()
+    shown = model_card(export / "model-q4_k_m.gguf")  # what the app's model tab shows: the plot inlined
+    assert "](tradeoff.png)" in card and "](data:image/png;base64," in shown

@@ -1,0 +1,57 @@
+"""`pipeline run` on the micro config, end to end: every stage once, then only what a change touches."""
+
+import json
+
+import pytest
+
+from pipeline.ship import ship
+from rxapp.backends import load_backend
+from rxapp.engine import file_sha256
+from tests.conftest import ROOT
+
+MICRO = ROOT / "configs" / "micro.yaml"
+
+STAGES = ["prepare", "knowledge", "distill", "sft", "small", "prefs", "dpo", "grpo", "export", "evaluate", "card"]
+
+
+def statuses(out) -> dict[str, str]:
+    return {r["stage"]: r["status"] for r in json.loads((out / "run.json").read_text())["stages"]}
+
+
+def test_run_trains_every_stage_then_redoes_only_what_changed(cli, tmp_path):
+    out = tmp_path / "run"
+    start = ["-m", "pipeline", "run", "--out", str(out)]
+    first = cli(*start, "--config", "configs/micro.yaml", "--until", "sft", timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert statuses(out) == dict.fromkeys(STAGES[:4], "ran")
+
+    rest = cli(*start, "--config", "configs/micro.yaml", "--resume", timeout=900)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert statuses(out) == dict.fromkeys(STAGES[:4], "current") | dict.fromkeys(STAGES[4:], "ran")
+    rows = json.loads((out / "evaluate" / "test.json").read_text(encoding="utf-8"))
+    assert [r["model"] for r in rows[:4]] == ["sft", "dpo", "grpo α=1 (this export)", "Δ dpo − sft"]
+    assert all(r["n"] == 16 and r["decoding"] == "stepper:llama" for r in rows[:3])
+    card = (out / "export" / "card.md").read_text(encoding="utf-8")
+    assert "DPO from the SFT model" in card and "step-wise GRPO (α 1" in card and f"{rows[2]['F1@10']:.4f}" in card
+    assert "sft epoch" in (out / "logs" / "sft.log").read_text(encoding="utf-8")
+    assert (out / "config.yaml").read_text(encoding="utf-8") == MICRO.read_text(encoding="utf-8")
+
+    shipped = tmp_path / "default"
+    result = cli("-m", "pipeline", "ship", "--export", str(out / "export"), "--to", str(shipped))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (shipped / "card.md").read_text(encoding="utf-8") == card
+    assert file_sha256(shipped / "model-q4_k_m.gguf") == file_sha256(out / "export" / "model-q4_k_m.gguf")
+    for backend, path in (("llama", shipped / "model-q4_k_m.gguf"), ("hf", shipped / "hf")):
+        assert load_backend(path, backend).name == backend  # the app loads either
+    with pytest.raises(ValueError, match="over the 0 MiB limit"):
+        ship(out / "export", tmp_path / "too-small", limit=1000)
+
+    changed = tmp_path / "micro-fewer-updates.yaml"
+    changed.write_text(MICRO.read_text(encoding="utf-8").replace("updates: 3", "updates: 2"), encoding="utf-8")
+    again = cli(*start, "--config", str(changed), timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert statuses(out) == dict.fromkeys(STAGES[:7], "current") | dict.fromkeys(STAGES[7:], "ran")
+    assert len(json.loads((out / "grpo-a1" / "log.json").read_text())["updates"]) == 2
+
+    refused = cli(*start, "--config", "configs/micro.yaml", "--resume")
+    assert refused.returncode == 2 and "differs from the config" in refused.stderr
