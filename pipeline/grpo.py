@@ -38,7 +38,7 @@ from pipeline.data import Record, load_split
 from pipeline.distill import read_examples
 from pipeline.metrics import jaccard
 from pipeline.model import load_trained, pad_rows
-from pipeline.sft import seed_everything, setup_distributed, tune_stopping
+from pipeline.sft import seed_everything, setup_distributed, tune_stopping, write_stop_threshold
 from pipeline.teacher import TrainStats, explain
 from rxapp.backends import saved_stop_threshold
 from rxapp.safety import Patient, incompatible_pairs, rules
@@ -368,7 +368,10 @@ def train_grpo(cfg: PipelineConfig, run_dir: Path, start: Path) -> Path:
         trained.save_pretrained(best)
         tokenizer.save_pretrained(best)
         plot_curves(log, out / "curves.png")
-        tune_stopping(best, validation[: cfg.sft.max_validation], device)
+        if settings.retune_stop:
+            tune_stopping(best, validation[: cfg.sft.max_validation], device)
+        else:
+            write_stop_threshold(best, saved_stop_threshold(start))
     if world > 1:
         dist.barrier()
     return best

@@ -289,8 +289,13 @@ def tune_stopping(folder: Path, validation: list[dict], device: str) -> None:
     cases = validation[:STOP_TUNING_CASES]
     threshold, score = tune_stop_threshold(model.to(device), tokenizer, [e["symptoms"] for e in cases],
                                            [set(e["herbs"]) for e in cases])
-    (folder / HF_METADATA).write_text(json.dumps(model_metadata(threshold), indent=2) + "\n")
+    write_stop_threshold(folder, threshold)
     tqdm.write(json.dumps({"stop_threshold": threshold, "val_Jaccard": round(score, 4), "cases": len(cases)}))
+
+
+def write_stop_threshold(folder: Path, threshold: float) -> None:
+    """Record the stop threshold in a trained model's metadata, which the evaluator, the exporter and the app read."""
+    (folder / HF_METADATA).write_text(json.dumps(model_metadata(threshold), indent=2) + "\n")
 
 
 def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,8 @@ import torch
 from pipeline.config import GrpoConfig
 from pipeline.grpo import State, grpo_loss, incompatibility, line_rewards, potential, token_advantages
 from pipeline.metrics import jaccard
+from pipeline.sft import write_stop_threshold
+from rxapp.backends import saved_stop_threshold
 from rxapp.engine import model_card
 from tests.conftest import ROOT
 
@@ -86,11 +89,14 @@ def test_clipping_stops_the_gradient_once_the_ratio_leaves_the_trust_region():
     assert logp.grad.item() == 0.0
 
 
-def test_two_process_grpo_on_gloo_writes_model_log_and_curves(micro_run):
+def test_two_process_grpo_on_gloo_writes_model_log_and_curves(micro_run, tmp_path):
+    start = tmp_path / "start"  # the SFT model with a threshold that re-tuning would not land on by chance
+    shutil.copytree(micro_run / "sft" / "best", start)
+    write_stop_threshold(start, 0.37)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", "29519", "-m", "pipeline", "grpo", "--config", "configs/micro.yaml",
-                             "--out", str(micro_run), "--model", str(micro_run / "sft" / "best"), "--alpha", "0.5"],
+                             "--out", str(micro_run), "--model", str(start), "--alpha", "0.5"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out = micro_run / "grpo-a0.5"
@@ -98,6 +104,8 @@ def test_two_process_grpo_on_gloo_writes_model_log_and_curves(micro_run):
     assert log["processes"] == 2 and log["settings"]["alpha"] == 0.5 and len(log["updates"]) == 3
     assert all({"reward", "phi", "kl", "invalid_rate", "incompat_rate"} <= u.keys() for u in log["updates"])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the stopping GRPO trained is decoded with the start's threshold (grpo.retune_stop: false)
+    assert saved_stop_threshold(out / "best") == 0.37
     result = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--model", str(out / "best"), "--split",
                              "validation", "--limit", "8", "--json"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
