@@ -7,6 +7,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: nothing is sent out
 
 from rxapp import DEFAULT_MODEL
+from rxapp.backends import QUANTIZATIONS
 from rxapp.engine import BACKENDS, DEVICES, Engine
 from rxapp.feedback import FeedbackStore, StoreError
 from rxapp.ui import build_app, launch_options
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="GGUF file or HF folder (default: shipped)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="llama.cpp for GGUF, hf for folders")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: the GPU when there is one")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
+                        help="HF folders only: load the weights in 4 or 8 bits with bitsandbytes (for a GPU)")
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"feedback database (default: {DEFAULT_DB})")
     parser.add_argument("--auth", type=user_password, help="USER:PASSWORD required to open the page")
     args = parser.parse_args()
@@ -36,7 +39,7 @@ def main() -> None:
     except StoreError as e:
         parser.exit(2, f"rx: {e}\n")
     engine = Engine()
-    engine.load(args.model, args.backend, args.device)
+    engine.load(args.model, args.backend, args.device, args.quantization)
     print(f"rx: {engine.status()}\nrx: feedback database {store.path}", flush=True)
     build_app(engine, store).launch(**launch_options(args.host, args.port, args.auth))
 

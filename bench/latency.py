@@ -51,7 +51,7 @@ def measure(row: str, model_dir: Path, cases: int) -> dict:
         backend = LlamaBackend(gguf, n_threads=2)
     else:
         gguf = model_dir / "model-f16.gguf"
-        backend = HFBackend(model_dir / "hf", quantization=None if precision == "fp32" else precision)
+        backend = HFBackend(model_dir / "hf", quantization="none" if precision == "fp32" else precision)
     import llama_cpp
 
     reference_llm = llama_cpp.Llama(str(gguf), n_ctx=0, verbose=False, n_threads=2)

@@ -153,8 +153,9 @@ def write_card(config: PipelineConfig, eval_files: Sequence[Path], model_files: 
                stop_threshold: float, stages: Sequence[str] = DEFAULT_STAGES, tradeoff: Path | None = None) -> Path:
     """Write `out` (card.md) atomically; with `tradeoff` (a tradeoff.json), its table and its plot (copied beside
     the card) too."""
-    tradeoff_rows = load_rows([tradeoff]) if tradeoff else []
+    tradeoff_rows = []
     if tradeoff:
+        tradeoff_rows = load_rows([tradeoff])
         shutil.copyfile(tradeoff.with_suffix(".png"), out.with_name("tradeoff.png"))
     text = render_card(config, load_rows(eval_files), model_files, stop_threshold, stages, tradeoff_rows)
     tmp = out.with_suffix(".tmp")

@@ -29,6 +29,9 @@ class ModelConfig:
 class SFTConfig:
     epochs: int = 4
     batch_size: int = 32
+    # rows per forward pass (None: the whole batch); the micro-batches' gradients add up to the batch's. The logits
+    # of a pretrained base's ~150k-token vocabulary dominate GPU memory, and they scale with the rows
+    micro_batch_size: int | None = None
     lr: float = 2e-3
     weight_decay: float = 0.1
     warmup: float = 0.05  # share of the steps

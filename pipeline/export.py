@@ -19,6 +19,7 @@ from rxapp.modelinfo import model_metadata
 
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2"}
 QUANTISATIONS = ("q8_0", "q4_k_m")
+SHIPPED = "q4_k_m"  # the quantisation the app ships, so the one that evaluation scores
 
 
 def merge(model_dir: Path, out_dir: Path) -> Path:
@@ -138,3 +139,8 @@ def export(model_dir: Path, out_dir: Path, quantisations: tuple[str, ...] = QUAN
             paths[kind] = quantize(paths["f16"], out_dir / f"model-{kind}.gguf", kind)
             bar.update()
     return paths
+
+
+def shipped_gguf(model_dir: Path, out_dir: Path) -> Path:
+    """A trained model exported as the app ships it (the GGUF that evaluation scores)."""
+    return export(model_dir, out_dir, (SHIPPED,))[SHIPPED]

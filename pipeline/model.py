@@ -85,7 +85,7 @@ def load_model(cfg: ModelConfig, device: str) -> tuple[torch.nn.Module, PreTrain
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {"torch_dtype": torch.bfloat16 if device == "cuda" else torch.float32}
+    kwargs = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32}
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -110,12 +110,17 @@ def load_model(cfg: ModelConfig, device: str) -> tuple[torch.nn.Module, PreTrain
 def load_trained(path: Path, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """A trained model folder (full weights, or LoRA adapters over their base) and its tokenizer, for inference;
     in `dtype` when given, else as saved."""
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    kwargs = {"dtype": dtype} if dtype is not None else {}
     if (path / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
+        from peft import PeftConfig, PeftModel
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
-    elif (path / "config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        base = AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(path).base_model_name_or_path, **kwargs)
+        # room for the herb tokens, whose trained rows the adapter folder carries; transformers' default mean
+        # resizing would first fit a Gaussian to the whole vocabulary (minutes on a CPU for a 7B base's 152k rows)
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        return PeftModel.from_pretrained(base, path).eval(), tokenizer
+    if (path / "config.json").exists():
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     else:
         raise FileNotFoundError(f"{path} is not a model folder (no config.json or adapter_config.json)")

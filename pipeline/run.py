@@ -30,8 +30,6 @@ from rxapp.engine import file_sha256
 from rxapp.knowledge import KNOWLEDGE_FILE
 from rxapp.vocab import VOCAB_DIR
 
-QUANT = "q4_k_m"
-
 
 @dataclass
 class Run:
@@ -138,12 +136,11 @@ def evaluate(run: Run) -> dict:
     the doctors' own prescriptions, in RUN/evaluate/SPLIT.json."""
     from pipeline.baselines import BASELINES
     from pipeline.evaluate import differences, evaluate_baseline, evaluate_model, format_table, reference_row
-    from pipeline.export import export as export_model
+    from pipeline.export import SHIPPED, shipped_gguf
 
     settings = run.cfg.evaluate
-    models = {"sft": export_model(run.out / "sft" / "best", run.out / "sft" / "export", (QUANT,))[QUANT],
-              "dpo": export_model(run.out / "dpo" / "best", run.out / "dpo" / "export", (QUANT,))[QUANT],
-              f"grpo α={run.cfg.grpo.alpha:g} (this export)": run.out / "export" / f"model-{QUANT}.gguf"}
+    models = {stage: shipped_gguf(run.out / stage / "best", run.out / stage / "export") for stage in ("sft", "dpo")}
+    models[f"grpo α={run.cfg.grpo.alpha:g} (this export)"] = run.out / "export" / f"model-{SHIPPED}.gguf"
     rows = [evaluate_model(gguf, settings.split, settings.limit, "llama", settings.alpha) | {"model": name}
             for name, gguf in models.items()]
     rows += differences(rows)

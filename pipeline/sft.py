@@ -137,11 +137,19 @@ def first_step_examples(tokenizer, examples: list[dict], priors: list[np.ndarray
     return out
 
 
+def target_count(examples: list[Example]) -> int:
+    """The positions `sft_loss` trains: every labelled token after the first, and every herb step (labelled or not)."""
+    return sum(len({i for i, label in enumerate(e.labels) if i and label != IGNORE} | {p for p, _ in e.herb_steps})
+               for e in examples)
+
+
 def sft_loss(model, batch: dict[str, torch.Tensor], examples: list[Example], herb_ids: torch.Tensor | None = None,
-             teacher_weight: float = 0.0) -> torch.Tensor:
-    """Mean next-token loss over response tokens. At an order-free herb step the target is a distribution instead
-    of the one herb the teacher's order put there: uniform over the herbs still to prescribe, mixed with weight
-    `teacher_weight` with the co-occurrence teacher's distribution over the herbs not yet added."""
+             teacher_weight: float = 0.0, per: int | None = None) -> torch.Tensor:
+    """Next-token loss over response tokens, summed and divided by `per` (default: these examples' `target_count`,
+    giving their mean; a whole batch's count when these are one micro-batch of it). At an order-free herb step the
+    target is a distribution instead of the one herb the teacher's order put there: uniform over the herbs still to
+    prescribe, mixed with weight `teacher_weight` with the co-occurrence teacher's distribution over the herbs not
+    yet added."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["labels"][:, 1:].clone()
     logp = logits.float().log_softmax(dim=-1)
@@ -166,7 +174,7 @@ def sft_loss(model, batch: dict[str, torch.Tensor], examples: list[Example], her
     nll = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[hard].sum()
     if rows:
         nll = nll - (logp[rows, cols] * soft.to(logp.device)).sum()
-    return nll / (hard.sum() + len(rows))
+    return nll / (per or target_count(examples))
 
 
 def batches(examples: list[Example], size: int, rng: random.Random) -> list[list[Example]]:
@@ -192,15 +200,12 @@ def collate(batch: list[Example], pad_id: int, device: str) -> dict[str, torch.T
 def validation_loss(model, examples: list[Example], pad_id: int, device: str, size: int, herb_ids: torch.Tensor,
                     teacher_weight: float) -> float:
     model.eval()
-    total, count = 0.0, 0
+    total = 0.0
     for start in range(0, len(examples), size):
         chunk = examples[start : start + size]
-        batch = collate(chunk, pad_id, device)
-        n = int((batch["labels"][:, 1:] != IGNORE).sum())
-        total += sft_loss(model, batch, chunk, herb_ids, teacher_weight).item() * n
-        count += n
+        total += sft_loss(model, collate(chunk, pad_id, device), chunk, herb_ids, teacher_weight, per=1).item()
     model.train()
-    return total / max(count, 1)
+    return total / max(target_count(examples), 1)
 
 
 def first_step_metrics(model, tokenizer, validation: list[dict]) -> dict[str, float]:
@@ -258,18 +263,22 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
         bar = tqdm(epoch_batches[done:], desc=f"sft epoch {epoch + 1}/{sft.epochs}", disable=not run.main,
                    unit="batch")
         for batch in bar:
-            loss = sft_loss(wrapped, collate(batch, tokenizer.pad_token_id, device), batch, run.herb_ids,
-                            sft.teacher_weight)
-            loss.backward()
+            loss, per, rows = 0.0, target_count(batch), sft.micro_batch_size or len(batch)
+            for start in range(0, len(batch), rows):  # gradients of the micro-batches add up to the batch's
+                part = batch[start : start + rows]
+                part_loss = sft_loss(wrapped, collate(part, tokenizer.pad_token_id, device), part, run.herb_ids,
+                                     sft.teacher_weight, per)
+                part_loss.backward()
+                loss += part_loss.item()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             run.scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             run.state["step"] += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             in_epoch = run.state["step"] - epoch * steps_per_epoch
             if (in_epoch % eval_every == 0 or in_epoch == steps_per_epoch) and evaluate_and_checkpoint(
-                    run, loss.item(), time.time() - start_time):
+                    run, loss, time.time() - start_time):
                 return finish(run, world)
     return finish(run, world)
 
@@ -301,7 +310,7 @@ def write_stop_threshold(folder: Path, threshold: float) -> None:
 def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool:
     """Log validation metrics, keep the best model, write a resumable checkpoint; True when patience runs out.
     Every rank computes the same validation numbers, so every rank takes the same decision."""
-    state, size = run.state, run.cfg.sft.batch_size * 2
+    state, size = run.state, run.cfg.sft.micro_batch_size or run.cfg.sft.batch_size * 2
     val_loss = validation_loss(run.model, run.val_examples, run.tokenizer.pad_token_id, run.device, size,
                                run.herb_ids, run.cfg.sft.teacher_weight)
     metrics = first_step_metrics(run.model, run.tokenizer, run.validation)

@@ -11,15 +11,12 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig
 from pipeline.evaluate import evaluate_model, write_json
-from pipeline.export import export
+from pipeline.export import shipped_gguf
 from pipeline.grpo import alpha_folder, train_grpo
-
-QUANT = "q4_k_m"
 
 
 def scored(model_dir: Path, export_dir: Path, split: str, limit: int | None) -> dict:
-    gguf = export(model_dir, export_dir, (QUANT,))[QUANT]
-    return evaluate_model(gguf, split, limit, "llama", 0.0)
+    return evaluate_model(shipped_gguf(model_dir, export_dir), split, limit, "llama", 0.0)
 
 
 def sweep(cfg: PipelineConfig, run_dir: Path, start: Path, alphas: Sequence[float], split: str,

@@ -19,6 +19,7 @@ from rxapp.stepformat import encode_prompt
 
 GGUF_MAGIC = b"GGUF"
 HF_METADATA = "rx.json"  # beside config.json: the rxapp.modelinfo metadata of a Hugging Face folder
+QUANTIZATIONS = ("none", "4bit", "8bit")  # how an HF folder's weights are loaded (bitsandbytes), for a GPU
 
 
 def saved_stop_threshold(folder: Path) -> float:
@@ -128,7 +129,7 @@ class LlamaBackend(Backend):
 class HFBackend(Backend):
     name = "hf"
 
-    def __init__(self, path: Path, device: str | None = None, quantization: str | None = None) -> None:
+    def __init__(self, path: Path, device: str | None = None, quantization: str = "none") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -147,18 +148,20 @@ class HFBackend(Backend):
         if quantization in {"4bit", "8bit"}:
             from transformers import BitsAndBytesConfig
 
+            compute = torch.bfloat16 if self.device == "cuda" else torch.float32
             kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                                bnb_4bit_compute_dtype=torch.float32)
+                                                                bnb_4bit_compute_dtype=compute)
                                              if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-        elif quantization is not None:
-            raise ValueError(f"quantization must be 4bit, 8bit or None, not {quantization!r}")
+            kwargs["device_map"] = {"": self.device}  # quantized weights are placed while loading, not moved after
+        elif quantization != "none":
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {quantization!r}")
         started = time.perf_counter()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"transformers could not load {path}: {e}") from e
-        if quantization is None:
+        if quantization == "none":
             self.model.to(self.device)
         self.eos = self.tokenizer.eos_token_id
         self.n_ctx = self.model.config.max_position_embeddings
@@ -188,7 +191,7 @@ class HFBackend(Backend):
         return out.logits[0, -1].float().cpu().numpy()
 
 
-def load_backend(path: Path, backend: str | None = None, n_gpu_layers: int = 0, quantization: str | None = None,
+def load_backend(path: Path, backend: str | None = None, n_gpu_layers: int = 0, quantization: str = "none",
                  device: str | None = None) -> Backend:
     """A GGUF file runs on llama.cpp, a folder on transformers, unless `backend` ("llama" or "hf") says otherwise."""
     path = Path(path)
@@ -196,6 +199,9 @@ def load_backend(path: Path, backend: str | None = None, n_gpu_layers: int = 0, 
         raise ModelLoadError(f"model not found: {path}")
     kind = backend or ("hf" if path.is_dir() else "llama")
     if kind == "llama":
+        if quantization != "none":
+            raise ModelLoadError(f"{quantization} loading (bitsandbytes) is for HF folders; a GGUF file is "
+                                 "quantized when it is exported (choose model-q4_k_m.gguf or model-q8_0.gguf)")
         if path.is_dir():
             found = sorted(path.glob("*.gguf"))
             if not found:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rxapp import DEFAULT_MODEL
+from rxapp.backends import QUANTIZATIONS
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.safety import DoseError, Patient, parse_doses, rules
 from rxapp.stepper import StepperConfig
@@ -40,7 +41,8 @@ def run_recommend(args: argparse.Namespace) -> int:
     from rxapp.stepper import warm_up
 
     cfg = StepperConfig(alpha=args.alpha, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    backend = load_backend(args.model, args.backend, n_gpu_layers=args.n_gpu_layers)
+    backend = load_backend(args.model, args.backend, n_gpu_layers=args.n_gpu_layers,
+                           quantization=args.quantization)
     warm_up()
     try:
         if args.batch is None:
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="GGUF file or HF folder (default: the "
                      "embedded model)")
     rec.add_argument("--backend", choices=["llama", "hf"], help="default: llama for a file, hf for a folder")
+    rec.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
+                     help="HF folders only: 4 or 8-bit weights through bitsandbytes")
     rec.add_argument("--n-gpu-layers", type=int, default=0, help="llama.cpp layers on the GPU (-1: all)")
     rec.add_argument("--json", action="store_true", help="print JSON")
     rec.set_defaults(run=run_recommend)

@@ -67,6 +67,7 @@ class LoadedModel:
     backend: Backend
     kind: str  # "llama" or "hf"
     device: str  # "cpu" or "gpu"
+    quantization: str  # one of QUANTIZATIONS
     sha256: str
 
 
@@ -78,8 +79,9 @@ class Engine:
         self.model: LoadedModel | None = None
         self.error: str | None = None
 
-    def load(self, path: str | Path, backend: str = "auto", device: str = "auto") -> None:
-        """Replace the current model; on failure there is none and `error` says why."""
+    def load(self, path: str | Path, backend: str = "auto", device: str = "auto", quantization: str = "none") -> None:
+        """Replace the current model; on failure there is none and `error` says why. `quantization` (4bit, 8bit)
+        loads an HF folder's weights through bitsandbytes."""
         path = Path(str(path).strip()).expanduser()
         on_gpu = device == "gpu" or (device == "auto" and gpu_available())
         kind = None if backend == "auto" else backend
@@ -89,16 +91,20 @@ class Engine:
             self.model, self.error = None, None
             started = time.perf_counter()
             try:
-                loaded = load_backend(path, kind, n_gpu_layers=-1 if on_gpu else 0, device="cuda" if on_gpu else "cpu")
+                loaded = load_backend(path, kind, n_gpu_layers=-1 if on_gpu else 0, device="cuda" if on_gpu else "cpu",
+                                      quantization=quantization)
             except (ModelLoadError, ModelMismatchError, OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
                 self.error = f"模型未能加载 Model not loaded: {e}"
                 return
             loaded.load_s = time.perf_counter() - started
-            self.model = LoadedModel(path, loaded, loaded.name, "gpu" if on_gpu else "cpu", file_sha256(path))
+            self.model = LoadedModel(path, loaded, loaded.name, "gpu" if on_gpu else "cpu", quantization,
+                                     file_sha256(path))
 
     def status(self) -> str:
         if self.model is None:
             return self.error or "未加载模型 No model loaded"
         m = self.model
-        return (f"已加载 Loaded: `{m.path}` · backend {m.kind} · device {m.device} · load {m.backend.load_s:.1f} s"
+        weights = f" · weights {m.quantization}" if m.quantization != "none" else ""
+        return (f"已加载 Loaded: `{m.path}` · backend {m.kind} · device {m.device}{weights} · "
+                f"load {m.backend.load_s:.1f} s"
                 f" · sha256 {m.sha256[:12]}…")

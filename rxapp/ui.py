@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from rxapp.backends import QUANTIZATIONS
 from rxapp.engine import BACKENDS, DEVICES, Engine, model_card
 from rxapp.feedback import FeedbackStore, SessionRecord, StoreError, export_records
 from rxapp.safety import SEVERITIES, DoseError, Patient, parse_doses, parse_prescription, rules
@@ -204,8 +205,8 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
             return f"未删除 Not deleted: {err}"
         return f"已删除会话 {session_id} 及其反馈 Deleted." if gone else f"没有会话 {session_id!r} No such session."
 
-    def load(path, backend, device):
-        engine.load(path, backend, device)
+    def load(path, backend, device, quantization):
+        engine.load(path, backend, device, quantization)
         return engine.status(), model_card(Path(str(path).strip())) if engine.model else ""
 
     with gr.Blocks(title="rx — 中药处方辅助", analytics_enabled=False) as app:
@@ -294,10 +295,11 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
             with gr.Row():
                 backend = gr.Dropdown(list(BACKENDS), value="auto", label="后端 Backend")
                 device = gr.Dropdown(list(DEVICES), value="auto", label="设备 Device")
+                quantization = gr.Dropdown(list(QUANTIZATIONS), value="none", label="HF 权重 Weights (bitsandbytes)")
                 load_button = gr.Button("加载 Load")
             status = gr.Markdown(engine.status())
             card = gr.Markdown(model_card(engine.model.path) if engine.model else "")
-            load_button.click(load, [path, backend, device], [status, card], api_name="load_model",
+            load_button.click(load, [path, backend, device, quantization], [status, card], api_name="load_model",
                               concurrency_id="model", concurrency_limit=1)
             gr.Markdown(f"反馈数据库 Feedback database: `{store.path}`")
     return app

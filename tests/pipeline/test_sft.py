@@ -96,3 +96,32 @@ def test_first_step_copies_train_the_whole_prescription_at_the_first_herb(micro_
     loss = sft_loss(model, collate(copies, tokenizer.pad_token_id, "cpu"), copies, torch.tensor(herb_ids), 0.5)
     loss.backward()
     assert torch.isfinite(loss) and model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_micro_batches_give_the_whole_batchs_gradient(micro_run):
+    import torch
+
+    from pipeline.config import PipelineConfig
+    from pipeline.distill import read_examples
+    from pipeline.model import load_trained
+    from pipeline.scoring import herb_token_ids
+    from pipeline.sft import collate, encode_all, sft_loss, target_count
+
+    model, tokenizer = load_trained(micro_run / "sft" / "best")
+    model.eval()  # no dropout: the two passes see the same function
+    records = read_examples(micro_run / "distill" / "validation.jsonl")[:6]
+    herb_ids = torch.tensor(herb_token_ids(tokenizer))
+    examples = encode_all(tokenizer, records, [r["response"] for r in records], PipelineConfig(),
+                          set(herb_ids.tolist()), [None] * len(records))
+
+    def gradient(rows: int) -> torch.Tensor:
+        model.zero_grad()
+        for start in range(0, len(examples), rows):
+            part = examples[start : start + rows]
+            sft_loss(model, collate(part, tokenizer.pad_token_id, "cpu"), part, herb_ids, 0.0,
+                     target_count(examples)).backward()
+        return model.get_input_embeddings().weight.grad.clone()
+
+    whole, in_parts = gradient(len(examples)), gradient(2)
+    assert whole.abs().sum() > 0 and torch.allclose(whole, in_parts, atol=1e-6)
+    assert target_count(examples) > sum(len(r["herbs"]) for r in records)  # the explanations' tokens count too

@@ -4,7 +4,7 @@ input and a missing model."""
 import json
 
 from rxapp import DEFAULT_MODEL
-from rxapp.engine import file_sha256, model_card
+from rxapp.engine import Engine, file_sha256, model_card
 from rxapp.vocab import vocab
 
 
@@ -50,3 +50,16 @@ def test_shipped_default_model_recommends_with_its_card(cli):
     assert len(out["steps"]) >= 3 and all(s["herb"] in vocab().herbs for s in out["steps"])
     card = model_card(DEFAULT_MODEL)
     assert "not a diagnosis" in card and file_sha256(DEFAULT_MODEL) in card  # the card describes this very file
+
+
+def test_hf_weights_in_4_bits_and_a_gguf_refusing_them(cli, micro_export):
+    result = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽 恶寒", "--model", str(micro_export / "hf"),
+                 "--quantization", "4bit", "--json")  # bitsandbytes NF4; on this CPU-only machine, on the CPU
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert all(s["herb"] in vocab().herbs for s in json.loads(result.stdout)["steps"])
+    refused = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽", "--model", str(micro_export / "model-f16.gguf"),
+                  "--quantization", "4bit")
+    assert refused.returncode == 2 and "GGUF" in refused.stderr and "Traceback" not in refused.stderr
+    engine = Engine()
+    engine.load(micro_export / "hf", "hf", "cpu", "8bit")
+    assert engine.model is not None and "weights 8bit" in engine.status(), engine.status()

@@ -131,6 +131,21 @@ def test_a_model_that_fails_to_load_leaves_safety_and_knowledge_working(tmp_path
         app.close()
 
 
+def test_the_model_tab_loads_hf_weights_in_8_bits_and_explains_a_refusal(micro_export, tmp_path):
+    app = build_app(Engine(), FeedbackStore(tmp_path / "rx.sqlite"))
+    port = free_port()
+    app.launch(prevent_thread_lock=True, quiet=True, **launch_options("127.0.0.1", port))
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        status, _ = client.predict(str(micro_export / "hf"), "hf", "cpu", "8bit", api_name="/load_model")
+        assert "backend hf" in status and "weights 8bit" in status, status
+        refused, _ = client.predict(str(micro_export / "model-q4_k_m.gguf"), "auto", "cpu", "4bit",
+                                    api_name="/load_model")
+        assert "模型未能加载" in refused and "GGUF" in refused, refused
+    finally:
+        app.close()
+
+
 def start_launch_py(*args: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "launch.py", "--port", str(port), *args], cwd=ROOT,
