@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
-from pipeline.config import PipelineConfig
+from pipeline.config import GrpoConfig, PipelineConfig
 from pipeline.data import load_split
 from pipeline.evaluate import PUBLISHED
 from rxapp.engine import file_sha256
@@ -66,7 +66,7 @@ def stage_list(config: PipelineConfig, stages: Sequence[str]) -> str:
     return "\n".join(f"  - {described[s]}" for s in stages if s in described)
 
 
-def tradeoff_section(rows: Sequence[dict]) -> str:
+def tradeoff_section(rows: Sequence[dict], grpo: GrpoConfig) -> str:
     """The GRPO α sweep: its table and plot (tradeoff.png beside the card), or nothing when none was run."""
     if not rows:
         return ""
@@ -74,8 +74,10 @@ def tradeoff_section(rows: Sequence[dict]) -> str:
 
     return f"""
 ## Incompatibility penalty α of step-wise GRPO
-Each α trains its own GRPO model from the same start; each is scored as Q4_K_M through the app's stepper with the
-app's own safety cost off, so that only training moves the rate of prescriptions holding a 十八反/十九畏 pair.
+Each α trains its own GRPO model from the same start, the first row ({grpo.updates} updates × {grpo.states} states ×
+{grpo.group} rollouts, κ {grpo.kl}, lr {grpo.lr}); each is scored as Q4_K_M through the app's stepper with the
+app's own safety cost off, so that only training moves the rate of prescriptions holding a 十八反/十九畏 pair. The
+Jaccard and average-herb columns show what GRPO does to the prescriptions' length.
 
 {tradeoff_table(rows)}
 
@@ -130,7 +132,7 @@ well than those statistics do.
 Published results on the same test split (rankings only):
 
 {metrics_table(published)}
-{tradeoff_section(tradeoff)}
+{tradeoff_section(tradeoff, config.grpo)}
 ## Files
 | file | bytes | sha256 |
 |---|---|---|

@@ -1,6 +1,6 @@
 """Command line of the training pipeline: `python -m pipeline run` (every stage), or one stage at a time:
 `knowledge | distill | sft | small | prefs | dpo | grpo | tradeoff | export | evaluate | card`; `ship` makes an
-export the app's default model."""
+export the app's default model; `unpack` turns an exported GGUF back into a trainable folder."""
 
 from __future__ import annotations
 
@@ -128,6 +128,13 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_unpack(args: argparse.Namespace) -> int:
+    from pipeline.unpack import unpack
+
+    print(unpack(args.gguf, args.out))
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import (
         differences,
@@ -164,15 +171,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_card(args: argparse.Namespace) -> int:
+    import gguf
+
     from pipeline.card import export_files, write_card
     from pipeline.config import PipelineConfig
+    from pipeline.export import gguf_fields
     from rxapp.backends import saved_stop_threshold
+    from rxapp.modelinfo import stop_threshold
 
     files = export_files(args.export)
     if not files:
         raise FileNotFoundError(f"{args.export} holds no exported model (run `python -m pipeline export` first)")
-    print(write_card(PipelineConfig.load(args.config), args.eval, files, args.export / "card.md",
-                     saved_stop_threshold(args.export / "hf"), args.stages, args.tradeoff))
+    if (args.export / "hf").is_dir():
+        threshold = saved_stop_threshold(args.export / "hf")
+    else:  # a GGUF-only export, e.g. the shipped model's folder
+        threshold = stop_threshold(gguf_fields(gguf.GGUFReader(str(files[0]))))
+    print(write_card(PipelineConfig.load(args.config), args.eval, files, args.export / "card.md", threshold,
+                     args.stages, args.tradeoff))
     return 0
 
 
@@ -273,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quant", nargs="*", default=list(QUANTISATIONS), choices=QUANTISATIONS,
                         help="quantisations to make (default: %(default)s)")
     export.set_defaults(run=run_export)
+    unpack = sub.add_parser("unpack", help="a domain-model GGUF (e.g. the shipped default) back into a trainable HF "
+                            "folder, dequantised to fp32, for --model of grpo, dpo or tradeoff")
+    unpack.add_argument("--gguf", type=Path, default=DEFAULT_MODEL, help="the GGUF (default: %(default)s)")
+    unpack.add_argument("--out", type=Path, required=True, help="the folder to write, e.g. runs/shipped")
+    unpack.set_defaults(run=run_unpack)
     evaluate = sub.add_parser("evaluate", help="evaluate recommenders on a split, beside the published results")
     what = evaluate.add_mutually_exclusive_group(required=True)
     what.add_argument("--baseline", nargs="+", choices=[*BASELINES, "all"], help="baseline(s) to evaluate, or all")

@@ -81,6 +81,7 @@ class DpoConfig:
     lr: float = 5e-5
     epochs: int = 1
     batch_size: int = 8
+    sft_weight: float = 0.0  # weight of an NLL term on the chosen response beside the DPO loss (RPO); 0: plain DPO
     kto: bool = False  # also train on the unpaired feedback examples with TRL's KTOTrainer, after DPO
 
 

@@ -67,7 +67,8 @@ def train_dpo(cfg: PipelineConfig, run_dir: Path, sft_model: Path) -> Path:
         raise FileNotFoundError(f"no preference pairs in {run_dir / 'prefs'} (run `python -m pipeline prefs` first)")
     out = run_dir / "dpo"
     model, tokenizer, lora = policy_and_adapters(cfg, sft_model)
-    trainer = DPOTrainer(model=model, args=DPOConfig(**trainer_settings(cfg, out / "trainer")),
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.dpo.sft_weight]} if cfg.dpo.sft_weight else {}
+    trainer = DPOTrainer(model=model, args=DPOConfig(**trainer_settings(cfg, out / "trainer"), **losses),
                          train_dataset=Dataset.from_list(trl_rows(pairs, PAIR_KEYS, tokenizer)),
                          processing_class=tokenizer, peft_config=lora)
     trainer.train()

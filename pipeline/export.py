@@ -141,6 +141,11 @@ def export(model_dir: Path, out_dir: Path, quantisations: tuple[str, ...] = QUAN
     return paths
 
 
+def gguf_fields(reader) -> dict:
+    """A GGUF's key/value metadata as plain Python values (`reader`: a gguf.GGUFReader)."""
+    return {name: field.contents() for name, field in reader.fields.items()}
+
+
 def shipped_gguf(model_dir: Path, out_dir: Path) -> Path:
     """A trained model exported as the app ships it (the GGUF that evaluation scores)."""
     return export(model_dir, out_dir, (SHIPPED,))[SHIPPED]

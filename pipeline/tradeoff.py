@@ -41,13 +41,14 @@ def label(row: dict) -> str:
 
 
 def tradeoff_table(rows: Sequence[dict]) -> str:
-    """Markdown: per model, F1@10, its change relative to α = 0, P@5, incompatibility rate and average herbs."""
+    """Markdown: per model, F1@10, its change relative to α = 0, P@5, Jaccard, incompatibility rate and average
+    herbs."""
     reference = next((r for r in rows if r["grpo_alpha"] == 0), None)
-    lines = ["| model | n | F1@10 | F1@10 vs α=0 | P@5 | holds a 十八反/十九畏 pair | avg herbs |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | n | F1@10 | F1@10 vs α=0 | P@5 | Jaccard | holds a 十八反/十九畏 pair | avg herbs |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         relative = f"{(r['F1@10'] / reference['F1@10'] - 1) * 100:+.1f} %" if reference else "—"
-        lines.append(f"| {label(r)} | {r['n']} | {r['F1@10']:.4f} | {relative} | {r['P@5']:.4f} | "
+        lines.append(f"| {label(r)} | {r['n']} | {r['F1@10']:.4f} | {relative} | {r['P@5']:.4f} | {r['Jaccard']:.4f} | "
                      f"{r['incompat_rate'] * 100:.2f} % | {r['avg_herbs']:.1f} |")
     return "\n".join(lines)
 

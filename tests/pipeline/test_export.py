@@ -1,5 +1,6 @@
 """Export of the micro model: the GGUF files load in llama.cpp, carry the rx metadata, tokenize every test prompt as
-the Hugging Face tokenizer does, and decode greedily as the fp32 model does."""
+the Hugging Face tokenizer does, and decode greedily as the fp32 model does; `pipeline unpack` gives the weights
+back as a trainable folder."""
 
 import json
 
@@ -9,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.data import load_split
+from pipeline.model import load_trained
 from rxapp.backends import HF_METADATA
 from rxapp.modelinfo import FORMAT_KEY, STOP_KEY, VOCABULARY_KEY, check_metadata
 from rxapp.stepformat import encode_prompt, render_prompt
@@ -91,3 +93,32 @@ def test_f16_gguf_decodes_greedily_as_the_fp32_model(micro_export, hf):
     finally:
         llm.close()
     assert identical >= 45, f"only {identical} of 50 identical ({ties} parted at near-ties)"
+
+
+def test_unpack_gives_back_the_f16_weights_exactly(micro_export, hf, tmp_path, cli):
+    out = tmp_path / "unpacked"
+    result = cli("-m", "pipeline", "unpack", "--gguf", str(micro_export / "model-f16.gguf"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, tokenizer = hf
+    unpacked, unpacked_tokenizer = load_trained(out)
+    assert unpacked_tokenizer.get_vocab() == tokenizer.get_vocab()
+    for (name, ours), theirs in zip(model.state_dict().items(), unpacked.state_dict().values(), strict=True):
+        assert torch.equal(ours.half().float() if ours.ndim == 2 else ours, theirs), name  # f16 matrices, f32 norms
+    assert json.loads((out / HF_METADATA).read_text()) == json.loads((micro_export / "hf" / HF_METADATA).read_text())
+    again = cli("-m", "pipeline", "unpack", "--gguf", str(micro_export / "model-f16.gguf"), "--out", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+@torch.no_grad()
+def test_unpacked_q4_k_m_decodes_greedily_as_llama_cpp_does(micro_export, tmp_path, cli):
+    out = tmp_path / "unpacked-q4"
+    result = cli("-m", "pipeline", "unpack", "--gguf", str(micro_export / "model-q4_k_m.gguf"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, tokenizer = load_trained(out)
+    llm = load(micro_export / "model-q4_k_m.gguf")
+    try:
+        agree = sum(greedy_hf(model, ids, 160, tokenizer.eos_token_id) == greedy_gguf(llm, ids, 160)
+                    for ids in (encode_prompt(tokenizer, render_prompt(r.symptoms)) for r in load_split("test")[:20]))
+    finally:
+        llm.close()
+    assert agree >= 16, f"only {agree} of 20 greedy decodings agree"
