@@ -1,7 +1,9 @@
 """Stepper evaluation of an exported GGUF, and the model card written from its results."""
 
 import json
+import shutil
 
+from rxapp.backends import HF_METADATA
 from rxapp.engine import file_sha256, model_card
 
 
@@ -24,6 +26,15 @@ def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
     assert f"{row['P@5']:.4f}" in card and "stepper:llama, α=1" in card
     assert file_sha256(gguf) in card
     assert model_card(micro_export / "hf") == card  # an export's hf/ folder shows the export's card
+
+    shipped = tmp_path / "gguf-only"  # a folder like assets/models/default: the GGUF without hf/
+    shipped.mkdir()
+    shutil.copyfile(gguf, shipped / gguf.name)
+    result = cli("-m", "pipeline", "card", "--export", str(shipped), "--config", "configs/micro.yaml",
+                 "--eval", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    threshold = json.loads((micro_export / "hf" / HF_METADATA).read_text())["rx.stop_threshold"]
+    assert f"falls to\n{threshold} (tuned" in model_card(shipped / gguf.name)  # read from the GGUF itself
 
 
 def test_card_needs_an_export(cli, tmp_path):
