@@ -1,7 +1,8 @@
 """`pipeline unpack`: a domain-model GGUF written by `pipeline export` (the shipped default, say) back into a
 trainable Hugging Face folder, its weights dequantised to fp32, so that later stages (GRPO, DPO, an α sweep) can
 start from a model whose training folder is gone. The tokenizer is the project's own, checked token by token
-against the GGUF's; the rx metadata (format, vocabulary, stop threshold) travels into rx.json."""
+against the GGUF's; the rx metadata (format, vocabulary, stop threshold) travels into rx.json. A GGUF carries no
+dropout settings, so the folder has none."""
 
 from __future__ import annotations
 
