@@ -17,7 +17,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from pipeline.export import gguf_fields
 from pipeline.tokenizer import build_tokenizer
 from rxapp.backends import HF_METADATA
-from rxapp.modelinfo import FORMAT_KEY, STOP_KEY, VOCABULARY_KEY, check_metadata
+from rxapp.modelinfo import check_metadata, model_metadata, stop_threshold
 
 
 def qwen2_config(fields: dict, rows: int, tied: bool) -> Qwen2Config:
@@ -44,7 +44,7 @@ def unpack(gguf_path: Path, out_dir: Path) -> Path:
     fields = gguf_fields(reader)
     if fields.get("general.architecture") != "qwen2":
         raise ValueError(f"{gguf_path}: only Qwen2 GGUFs can be unpacked, not {fields.get('general.architecture')}")
-    check_metadata({k: v for k, v in fields.items() if k.startswith("rx.")}, str(gguf_path))
+    check_metadata(fields, str(gguf_path))
     tokenizer = build_tokenizer()
     tokens = fields["tokenizer.ggml.tokens"]
     ours = [tokenizer.convert_ids_to_tokens(i) for i in range(len(tokenizer))]
@@ -69,7 +69,6 @@ def unpack(gguf_path: Path, out_dir: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    metadata = {k: fields[k] for k in (FORMAT_KEY, VOCABULARY_KEY, STOP_KEY) if k in fields}
-    (staging / HF_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    (staging / HF_METADATA).write_text(json.dumps(model_metadata(stop_threshold(fields)), indent=2) + "\n")
     staging.rename(out_dir)
     return out_dir
