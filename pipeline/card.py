@@ -50,9 +50,9 @@ def stage_list(config: PipelineConfig, stages: Sequence[str]) -> str:
     described = {
         "distill": f"teacher distillation (`{config.teacher.kind}` teacher)",
         "sft": f"SFT ({sft.epochs} epochs at most, lr {sft.lr}, weight decay {sft.weight_decay}, step order "
-               f"`{sft.order}`, herb targets `{sft.herb_targets}`, teacher weight {sft.teacher_weight}, first-step "
-               f"copies of each record per epoch {sft.first_step_passes}; the checkpoint with the best validation "
-               "F1@10 is kept)",
+               f"`{sft.order}`, herb targets `{sft.herb_targets}` with the `{sft.set_loss}` loss, teacher weight "
+               f"{sft.teacher_weight}, first-step copies of each record per epoch {sft.first_step_passes}; the "
+               "checkpoint with the best validation F1@10 is kept)",
         "small": f"the small BART of the preference stage ({config.small.layers} encoder and {config.small.layers} "
                  f"decoder layers, d_model {config.small.d_model})",
         "prefs": f"implicit preference pairs ({prefs.cases or 'all'} training cases × {prefs.samples} samples at "

@@ -40,6 +40,9 @@ class SFTConfig:
     order: str = "certainty"  # step order of the herbs: "certainty" (the teacher's) or "shuffle" (each epoch)
     herb_targets: str = "next"  # "next": the herb the order puts there; "set": uniform over the herbs still to add
     teacher_weight: float = 0.0  # with "set": share of each herb step's target from the co-occurrence teacher
+    # with "set": "mean" trains a step on the mean log-probability of the herbs still to add, "sum" on their sum, so
+    # that each is a target of its own (sft_loss explains what each makes the first step rank by)
+    set_loss: str = "mean"
     first_step_passes: int = 0  # with "set": extra first-step-only copies of each record per epoch (sft.py)
     max_train: int | None = None  # cap on training examples (micro config)
     max_validation: int | None = None
@@ -139,6 +142,9 @@ class TeacherConfig:
         return Endpoint(self.url, self.model, requests_per_minute=self.requests_per_minute)
 
 
+SHIPPABLE_STAGES = ("sft", "dpo", "grpo")
+
+
 @dataclass
 class PipelineConfig:
     name: str = "default"
@@ -151,6 +157,11 @@ class PipelineConfig:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    ship: str = "grpo"  # the stage whose model `pipeline run` exports (and `pipeline ship` embeds): sft, dpo or grpo
+
+    def __post_init__(self) -> None:
+        if self.ship not in SHIPPABLE_STAGES:
+            raise ValueError(f"ship must be one of {', '.join(SHIPPABLE_STAGES)}, got {self.ship!r}")
 
     @classmethod
     def load(cls, path: Path) -> PipelineConfig:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.config import PipelineConfig
+from pipeline.config import SHIPPABLE_STAGES, PipelineConfig
 from pipeline.data import SMGCN
 from pipeline.evaluate import write_json
 from pipeline.knowledge import KG_DIR
@@ -38,10 +38,11 @@ class Run:
     resume: bool = False
     feedback: Path | None = None  # the app's rx.db (or its export), read by the prefs stage
 
-    def final_model(self) -> Path:
+    def stage_model(self, stage: str) -> Path:
+        """The model a trained stage (sft, dpo or grpo at the config's α) left in the run folder."""
         from pipeline.grpo import alpha_folder
 
-        return alpha_folder(self.out, self.cfg.grpo.alpha) / "best"
+        return (alpha_folder(self.out, self.cfg.grpo.alpha) if stage == "grpo" else self.out / stage) / "best"
 
 
 # The stages' work: each writes its outputs under RUN and returns a short JSON summary for run.json.
@@ -128,7 +129,7 @@ def tradeoff(run: Run) -> dict:
 def export(run: Run) -> dict:
     from pipeline.export import export as export_model
 
-    return {kind: str(path) for kind, path in export_model(run.final_model(), run.out / "export").items()}
+    return {kind: str(path) for kind, path in export_model(run.stage_model(run.cfg.ship), run.out / "export").items()}
 
 
 def evaluate(run: Run) -> dict:
@@ -139,8 +140,14 @@ def evaluate(run: Run) -> dict:
     from pipeline.export import SHIPPED, shipped_gguf
 
     settings = run.cfg.evaluate
-    models = {stage: shipped_gguf(run.out / stage / "best", run.out / stage / "export") for stage in ("sft", "dpo")}
-    models[f"grpo α={run.cfg.grpo.alpha:g} (this export)"] = run.out / "export" / f"model-{SHIPPED}.gguf"
+    models = {}
+    for stage in SHIPPABLE_STAGES:
+        name = f"grpo α={run.cfg.grpo.alpha:g}" if stage == "grpo" else stage
+        if stage == run.cfg.ship:
+            models[f"{name} (this export)"] = run.out / "export" / f"model-{SHIPPED}.gguf"
+        else:
+            best = run.stage_model(stage)
+            models[name] = shipped_gguf(best, best.parent / "export")
     rows = [evaluate_model(gguf, settings.split, settings.limit, "llama", settings.alpha) | {"model": name}
             for name, gguf in models.items()]
     rows += differences(rows)
@@ -162,8 +169,14 @@ def card(run: Run) -> dict:
     folder = run.out / "export"
     swept = run.out / "tradeoff.json" if run.cfg.evaluate.tradeoff_alphas else None
     path = write_card(run.cfg, [evaluation_file(run)], export_files(folder), folder / "card.md",
-                      saved_stop_threshold(folder / "hf"), [s.name for s in active_stages(run.cfg)], swept)
+                      saved_stop_threshold(folder / "hf"), making_stages(run.cfg), swept)
     return {"card": str(path)}
+
+
+def making_stages(cfg: PipelineConfig) -> list[str]:
+    """The stages that made the exported model: everything up to the shipped stage, then export."""
+    names = [s.name for s in STAGES]
+    return [*names[: names.index(cfg.ship) + 1], "export"]
 
 
 @dataclass(frozen=True)
@@ -192,7 +205,7 @@ STAGES = (
     Stage("dpo", dpo, ("prefs",), lambda c: [c.seed, asdict(c.dpo)]),
     Stage("grpo", grpo, ("dpo",), lambda c: [c.seed, asdict(c.grpo)]),
     Stage("tradeoff", tradeoff, ("grpo",), lambda c: [asdict(c.evaluate)]),
-    Stage("export", export, ("grpo",), lambda c: None),
+    Stage("export", export, ("grpo",), lambda c: c.ship),
     Stage("evaluate", evaluate, ("export", "sft", "dpo"), everything_but_the_sweep),
     Stage("card", card, ("evaluate", "tradeoff"), lambda c: c.name),
 )

@@ -144,12 +144,18 @@ def target_count(examples: list[Example]) -> int:
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor], examples: list[Example], herb_ids: torch.Tensor | None = None,
-             teacher_weight: float = 0.0, per: int | None = None) -> torch.Tensor:
+             teacher_weight: float = 0.0, per: int | None = None, set_loss: str = "mean") -> torch.Tensor:
     """Next-token loss over response tokens, summed and divided by `per` (default: these examples' `target_count`,
     giving their mean; a whole batch's count when these are one micro-batch of it). At an order-free herb step the
     target is a distribution instead of the one herb the teacher's order put there: uniform over the herbs still to
     prescribe, mixed with weight `teacher_weight` with the co-occurrence teacher's distribution over the herbs not
-    yet added."""
+    yet added.
+
+    `set_loss: sum` weighs that step by the number of herbs still to prescribe, i.e. −Σ log p(h) over them. Its
+    optimum p(h) is proportional to P(h still to prescribe | prefix), the order that P@K rewards; the mean's
+    optimum, E[1{h to prescribe} / |herbs to prescribe|], demotes the herbs of long prescriptions."""
+    if set_loss not in ("mean", "sum"):
+        raise ValueError(f"set_loss must be 'mean' or 'sum', got {set_loss!r}")
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["labels"][:, 1:].clone()
     logp = logits.float().log_softmax(dim=-1)
@@ -166,6 +172,8 @@ def sft_loss(model, batch: dict[str, torch.Tensor], examples: list[Example], her
                     prior[example.herb_steps[k - 1][1][0]] = 0.0  # the herb added at the previous step
                 if prior.sum() > 0:  # symptoms never seen in training give the teacher nothing to say
                     soft[len(rows)] = (1 - teacher_weight) * soft[len(rows)] + teacher_weight * prior / prior.sum()
+            if set_loss == "sum":
+                soft[len(rows)] *= len(remaining)
             rows.append(row)
             cols.append(position - 1)  # the logits one position earlier predict the herb
     if rows:
@@ -198,12 +206,13 @@ def collate(batch: list[Example], pad_id: int, device: str) -> dict[str, torch.T
 
 @torch.no_grad()
 def validation_loss(model, examples: list[Example], pad_id: int, device: str, size: int, herb_ids: torch.Tensor,
-                    teacher_weight: float) -> float:
+                    teacher_weight: float, set_loss: str = "mean") -> float:
     model.eval()
     total = 0.0
     for start in range(0, len(examples), size):
         chunk = examples[start : start + size]
-        total += sft_loss(model, collate(chunk, pad_id, device), chunk, herb_ids, teacher_weight, per=1).item()
+        total += sft_loss(model, collate(chunk, pad_id, device), chunk, herb_ids, teacher_weight, per=1,
+                         set_loss=set_loss).item()
     model.train()
     return total / max(target_count(examples), 1)
 
@@ -267,7 +276,7 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
             for start in range(0, len(batch), rows):  # gradients of the micro-batches add up to the batch's
                 part = batch[start : start + rows]
                 part_loss = sft_loss(wrapped, collate(part, tokenizer.pad_token_id, device), part, run.herb_ids,
-                                     sft.teacher_weight, per)
+                                     sft.teacher_weight, per, sft.set_loss)
                 part_loss.backward()
                 loss += part_loss.item()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -312,7 +321,7 @@ def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool
     Every rank computes the same validation numbers, so every rank takes the same decision."""
     state, size = run.state, run.cfg.sft.micro_batch_size or run.cfg.sft.batch_size * 2
     val_loss = validation_loss(run.model, run.val_examples, run.tokenizer.pad_token_id, run.device, size,
-                               run.herb_ids, run.cfg.sft.teacher_weight)
+                               run.herb_ids, run.cfg.sft.teacher_weight, run.cfg.sft.set_loss)
     metrics = first_step_metrics(run.model, run.tokenizer, run.validation)
     entry = {"step": state["step"], "epoch": state["epoch"] + 1, "train_loss": train_loss, "val_loss": val_loss,
              "val_P@5": metrics["P@5"], "val_F1@10": metrics["F1@10"], "elapsed_s": round(elapsed, 1)}

@@ -16,3 +16,10 @@ def test_unknown_settings_are_an_error(tmp_path):
     path.write_text("sft:\n  epochz: 3\n")
     with pytest.raises(ValueError, match="epochz"):
         PipelineConfig.load(path)
+
+
+def test_the_shipped_stage_must_be_a_trained_one(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("ship: small\n")
+    with pytest.raises(ValueError, match="ship must be one of sft, dpo, grpo"):
+        PipelineConfig.load(path)

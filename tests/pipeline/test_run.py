@@ -53,5 +53,15 @@ def test_run_trains_every_stage_then_redoes_only_what_changed(cli, tmp_path):
     assert statuses(out) == dict.fromkeys(STAGES[:7], "current") | dict.fromkeys(STAGES[7:], "ran")
     assert len(json.loads((out / "grpo-a1" / "log.json").read_text())["updates"]) == 2
 
+    shipping_sft = tmp_path / "micro-ship-sft.yaml"
+    shipping_sft.write_text(changed.read_text(encoding="utf-8") + "ship: sft\n", encoding="utf-8")
+    sft_shipped = cli(*start, "--config", str(shipping_sft), timeout=900)
+    assert sft_shipped.returncode == 0, sft_shipped.stderr[-3000:]
+    assert statuses(out) == dict.fromkeys(STAGES[:8], "current") | dict.fromkeys(STAGES[8:], "ran")
+    rows = json.loads((out / "evaluate" / "test.json").read_text(encoding="utf-8"))
+    assert [r["model"] for r in rows[:3]] == ["sft (this export)", "dpo", "grpo α=1"]
+    card = (out / "export" / "card.md").read_text(encoding="utf-8")
+    assert "SFT (" in card and "DPO from the SFT model" not in card  # only the stages that made the model
+
     refused = cli(*start, "--config", "configs/micro.yaml", "--resume")
     assert refused.returncode == 2 and "differs from the config" in refused.stderr

@@ -125,3 +125,30 @@ def test_micro_batches_give_the_whole_batchs_gradient(micro_run):
     whole, in_parts = gradient(len(examples)), gradient(2)
     assert whole.abs().sum() > 0 and torch.allclose(whole, in_parts, atol=1e-6)
     assert target_count(examples) > sum(len(r["herbs"]) for r in records)  # the explanations' tokens count too
+
+
+def test_set_loss_sum_makes_every_herb_still_to_add_a_target_of_its_own(micro_run):
+    import random
+
+    import torch
+
+    from pipeline.distill import read_examples
+    from pipeline.model import load_trained
+    from pipeline.scoring import herb_token_ids
+    from pipeline.sft import collate, first_step_examples, sft_loss
+    from rxapp.vocab import vocab
+
+    model, tokenizer = load_trained(micro_run / "sft" / "best")
+    model.eval()
+    record = next(r for r in read_examples(micro_run / "distill" / "validation.jsonl") if len(r["herbs"]) >= 3)
+    herb_ids = torch.tensor(herb_token_ids(tokenizer))
+    herb_token = dict(zip(vocab().herbs, herb_ids.tolist(), strict=True))
+    copy, = first_step_examples(tokenizer, [record], [None], 1, herb_token, random.Random(0))
+    batch = collate([copy], tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        position, herbs = copy.herb_steps[0]
+        logp = model(input_ids=batch["input_ids"]).logits[0, position - 1].log_softmax(-1)[herbs]
+        summed = sft_loss(model, batch, [copy], herb_ids, per=1, set_loss="sum")
+        mean = sft_loss(model, batch, [copy], herb_ids, per=1, set_loss="mean")
+    assert torch.isclose(summed, -logp.sum(), rtol=1e-5)
+    assert torch.isclose(mean, -logp.mean(), rtol=1e-5)
