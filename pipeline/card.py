@@ -51,7 +51,8 @@ def stage_list(config: PipelineConfig, stages: Sequence[str]) -> str:
         "distill": f"teacher distillation (`{config.teacher.kind}` teacher)",
         "sft": f"SFT ({sft.epochs} epochs at most, lr {sft.lr}, weight decay {sft.weight_decay}, step order "
                f"`{sft.order}`, herb targets `{sft.herb_targets}` with the `{sft.set_loss}` loss, teacher weight "
-               f"{sft.teacher_weight}, first-step copies of each record per epoch {sft.first_step_passes}; the "
+               f"{sft.teacher_weight}, first-step copies of each record per epoch {sft.first_step_passes}, then "
+               f"{sft.ranking_passes} ranking pass(es) over first-step copies alone at lr {sft.ranking_lr}; the "
                "checkpoint with the best validation F1@10 is kept)",
         "small": f"the small BART of the preference stage ({config.small.layers} encoder and {config.small.layers} "
                  f"decoder layers, d_model {config.small.d_model})",
@@ -122,7 +123,7 @@ Greedy decoding stops once the model's probability that the prescription is stil
 {stop_threshold:g} (tuned on validation; `rxapp.decoding.greedy_stop`).
 
 ## Metrics ({", ".join(splits)} split)
-Rankings: the generated herbs, then the rest, each ordered by the model's first-step probability. Set metrics
+Rankings: every herb by the model's first-step probability (`rxapp.ranking`). Set metrics
 (Jaccard, incompatibility rate, average herbs) are on the prescription as generated. The statistical baselines
 (co-occurrence, kNN) are shown beside the model: where a model row is below them, the model ranks herbs less
 well than those statistics do.

@@ -44,6 +44,9 @@ class SFTConfig:
     # that each is a target of its own (sft_loss explains what each makes the first step rank by)
     set_loss: str = "mean"
     first_step_passes: int = 0  # with "set": extra first-step-only copies of each record per epoch (sft.py)
+    # with "set": passes over first-step copies alone after the main epochs (sft.py), unless patience stopped them
+    ranking_passes: int = 0
+    ranking_lr: float = 3e-4  # the peak learning rate of those passes' own cosine schedule
     max_train: int | None = None  # cap on training examples (micro config)
     max_validation: int | None = None
 

@@ -110,7 +110,7 @@ def evaluate_baseline(name: str, split: str, limit: int | None = None) -> dict:
 
 def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
     """A trained model folder: greedy responses (stopping at the model's own threshold), ranked by the shared rule
-    (generated herbs, then first-step scores)."""
+    (every herb by its first-step score)."""
     from pipeline.generation import generate_responses
     from pipeline.model import load_trained
     from pipeline.scoring import first_herb_logprobs
@@ -123,7 +123,7 @@ def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
         texts = generate_responses(model, tokenizer, symptom_sets, threshold, batch_size)
         scores = first_herb_logprobs(model, tokenizer, symptom_sets)
         parsed = [parse_response(t) for t in texts]
-        return [Prediction(rank_herbs(p.herbs, s), p.herbs, p) for p, s in zip(parsed, scores, strict=True)]
+        return [Prediction(rank_herbs(s), p.herbs, p) for p, s in zip(parsed, scores, strict=True)]
 
     return predict
 

@@ -2,9 +2,10 @@
 and data parallelism (torchrun: gloo on CPU, NCCL on GPU).
 
 Loss is on the response only; with `herb_targets: set` each herb step is trained order-free (see `sft_loss`), and
-`first_step_passes` adds cheap first-step-only copies of the records (see `first_step_examples`). Model selection
-uses the validation F1@10 of the first-step herb ranking, the metric the model is for; validation loss is logged
-beside it.
+`first_step_passes` adds cheap first-step-only copies of the records (see `first_step_examples`). After the main
+epochs, `ranking_passes` train on first-step copies alone under a second, lower cosine schedule (`lr_factor`): the
+ranking phase. Model selection uses the validation F1@10 of the first-step herb ranking, the metric the model is
+for; validation loss is logged beside it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from pipeline.baselines import CoOccurrence, rank
 from pipeline.config import PipelineConfig
@@ -235,18 +235,22 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
     order_free = set(herb_ids.tolist()) if sft.herb_targets == "set" else None
     teacher = CoOccurrence().fit(load_split("train")) if sft.teacher_weight else None
     train_priors = teacher_priors(teacher, train)
-    if sft.first_step_passes and order_free is None:
-        raise ValueError("sft.first_step_passes needs herb_targets: set")
+    if (sft.first_step_passes or sft.ranking_passes) and order_free is None:
+        raise ValueError("sft.first_step_passes and sft.ranking_passes need herb_targets: set")
     herb_token = dict(zip(vocab().herbs, herb_ids.tolist(), strict=True))
 
-    steps_per_epoch = math.ceil(len(train) * (1 + sft.first_step_passes) / (sft.batch_size * world))
-    total_steps = steps_per_epoch * sft.epochs
+    main_steps = math.ceil(len(train) * (1 + sft.first_step_passes) / (sft.batch_size * world))
+    ranking_steps = math.ceil(len(train) / (sft.batch_size * world))
+    epoch_steps = [main_steps] * sft.epochs + [ranking_steps] * sft.ranking_passes
+    epoch_starts = [sum(epoch_steps[:e]) for e in range(len(epoch_steps))]
+    schedule = (int(sft.warmup * main_steps * sft.epochs), main_steps * sft.epochs,
+                ranking_steps * sft.ranking_passes, sft.ranking_lr / sft.lr)
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": sft.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=sft.lr)
     run = Run(cfg, model, tokenizer, optimizer,
-              get_cosine_schedule_with_warmup(optimizer, int(sft.warmup * total_steps), total_steps), validation,
+              torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, *schedule)), validation,
               encode_all(tokenizer, validation, [e["response"] for e in validation], cfg, order_free,
                          teacher_priors(teacher, validation)),
               herb_ids, out_dir, device, rank_ == 0,
@@ -259,17 +263,21 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
         run.scheduler.load_state_dict(saved["scheduler"])
         run.state = saved["state"]
 
-    eval_every = math.ceil(steps_per_epoch / sft.evals_per_epoch)
     start_time = time.time()
-    for epoch in range(run.state["epoch"], 0 if run.state["stopped"] else sft.epochs):
+    for epoch in range(run.state["epoch"], 0 if run.state["stopped"] else len(epoch_steps)):
         run.state["epoch"] = epoch
         rng = random.Random(cfg.seed * 1000 + epoch)  # the same batches on resume
-        responses = [shuffled_response(e, rng) if sft.order == "shuffle" else e["response"] for e in train]
-        examples = encode_all(tokenizer, train, responses, cfg, order_free, train_priors)
-        examples += first_step_examples(tokenizer, train, train_priors, sft.first_step_passes, herb_token, rng)
-        epoch_batches = batches(examples, sft.batch_size, rng)[rank_::world][:steps_per_epoch]
-        done = run.state["step"] - epoch * steps_per_epoch
-        bar = tqdm(epoch_batches[done:], desc=f"sft epoch {epoch + 1}/{sft.epochs}", disable=not run.main,
+        if epoch < sft.epochs:
+            responses = [shuffled_response(e, rng) if sft.order == "shuffle" else e["response"] for e in train]
+            examples = encode_all(tokenizer, train, responses, cfg, order_free, train_priors)
+            examples += first_step_examples(tokenizer, train, train_priors, sft.first_step_passes, herb_token, rng)
+            desc = f"sft epoch {epoch + 1}/{sft.epochs}"
+        else:
+            examples = first_step_examples(tokenizer, train, train_priors, 1, herb_token, rng)
+            desc = f"sft ranking pass {epoch - sft.epochs + 1}/{sft.ranking_passes}"
+        epoch_batches = batches(examples, sft.batch_size, rng)[rank_::world][: epoch_steps[epoch]]
+        eval_every = math.ceil(epoch_steps[epoch] / sft.evals_per_epoch)
+        bar = tqdm(epoch_batches[run.state["step"] - epoch_starts[epoch]:], desc=desc, disable=not run.main,
                    unit="batch")
         for batch in bar:
             loss, per, rows = 0.0, target_count(batch), sft.micro_batch_size or len(batch)
@@ -285,11 +293,22 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
             optimizer.zero_grad(set_to_none=True)
             run.state["step"] += 1
             bar.set_postfix(loss=f"{loss:.3f}")
-            in_epoch = run.state["step"] - epoch * steps_per_epoch
-            if (in_epoch % eval_every == 0 or in_epoch == steps_per_epoch) and evaluate_and_checkpoint(
+            in_epoch = run.state["step"] - epoch_starts[epoch]
+            if (in_epoch % eval_every == 0 or in_epoch == epoch_steps[epoch]) and evaluate_and_checkpoint(
                     run, loss, time.time() - start_time):
                 return finish(run, world)
     return finish(run, world)
+
+
+def lr_factor(step: int, warmup: int, main: int, ranking: int, ranking_scale: float) -> float:
+    """The learning rate at an optimizer step, as a multiple of sft.lr: a linear warmup and a cosine decay over the
+    `main` steps of the main epochs, then a second cosine decay from `ranking_scale` over the `ranking` steps of the
+    ranking passes."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if step < main:
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, main - warmup)))
+    return ranking_scale * 0.5 * (1 + math.cos(math.pi * (step - main) / max(1, ranking)))
 
 
 def finish(run: Run, world: int) -> Path:
@@ -323,7 +342,9 @@ def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool
     val_loss = validation_loss(run.model, run.val_examples, run.tokenizer.pad_token_id, run.device, size,
                                run.herb_ids, run.cfg.sft.teacher_weight, run.cfg.sft.set_loss)
     metrics = first_step_metrics(run.model, run.tokenizer, run.validation)
-    entry = {"step": state["step"], "epoch": state["epoch"] + 1, "train_loss": train_loss, "val_loss": val_loss,
+    entry = {"step": state["step"], "epoch": state["epoch"] + 1,
+             "phase": "main" if state["epoch"] < run.cfg.sft.epochs else "ranking", "train_loss": train_loss,
+             "val_loss": val_loss, "lr": run.scheduler.get_last_lr()[0],
              "val_P@5": metrics["P@5"], "val_F1@10": metrics["F1@10"], "elapsed_s": round(elapsed, 1)}
     state["log"].append(entry)
     improved = metrics["F1@10"] > state["best"]

@@ -4,7 +4,7 @@ of the evaluation table.
 
 The encoder reads the LLM's own prompt; the decoder writes herb tokens in the distilled step order, then the end
 token. Decoding is greedy over vocabulary herbs only, without repeats; the first decoder step's distribution ranks
-the herbs it did not write, as for the LLM (`rxapp.ranking`).
+the herbs, as for the LLM (`rxapp.ranking`).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def predict(model, tokenizer, symptom_sets: Sequence[Sequence[str]], batch_size:
 def rankings(model, tokenizer, symptom_sets: Sequence[Sequence[str]]) -> tuple[list[list[str]], list[list[str]]]:
     """(herb lists, rankings by the shared rule)."""
     lists, scores = predict(model, tokenizer, symptom_sets)
-    return lists, [rank_herbs(herbs, s) for herbs, s in zip(lists, scores, strict=True)]
+    return lists, [rank_herbs(s) for s in scores]
 
 
 def train_small(cfg: PipelineConfig, distill_dir: Path, out_dir: Path) -> Path:

@@ -196,5 +196,5 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
     result.summary = result.text.split(SUMMARY_HEADER, 1)[-1].strip() if SUMMARY_HEADER in result.text else ""
     result.prompt_ids, result.response_ids = ids[:start], ids[start:]
     result.warnings = rules().check_prescription(result.herbs, patient)
-    result.ranking = rank_herbs(result.herbs, first_scores if first_scores is not None else np.zeros(len(fmt.herbs)))
+    result.ranking = rank_herbs(first_scores if first_scores is not None else np.zeros(len(fmt.herbs)))
     yield result

@@ -1,5 +1,6 @@
 """The micro config trains and evaluates inside the test suite: one process, resumed, and two processes (gloo)."""
 
+import itertools
 import json
 import os
 import shutil
@@ -60,8 +61,31 @@ def test_two_process_data_parallel_training_on_gloo(tmp_path):
                             env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     log = json.loads((tmp_path / "sft" / "log.json").read_text())
-    micro_steps_one_process = 64  # 1024 examples / 32 per batch × 2 epochs
+    micro_steps_one_process = 64 + 32  # 1024 examples / 32 per batch × 2 epochs, then one ranking pass
     assert log[-1]["step"] == micro_steps_one_process // 2  # each rank takes half the batches
+
+
+def test_the_ranking_phase_follows_the_main_epochs_at_its_own_learning_rate(micro_run):
+    from pipeline.config import PipelineConfig
+
+    sft = PipelineConfig.load(ROOT / "configs" / "micro.yaml").sft
+    log = json.loads((micro_run / "sft" / "log.json").read_text())
+    main = [e for e in log if e["phase"] == "main"]
+    ranking = [e for e in log if e["phase"] == "ranking"]
+    assert len(main) == sft.epochs * sft.evals_per_epoch and len(ranking) == sft.ranking_passes * sft.evals_per_epoch
+    assert log == main + ranking and ranking[-1]["step"] == main[-1]["step"] + 32  # 1024 copies / 32 per batch
+    assert main[0]["lr"] > sft.ranking_lr >= ranking[0]["lr"] > ranking[-1]["lr"]
+
+
+def test_the_learning_rate_warms_up_decays_and_restarts_lower_for_the_ranking_phase():
+    from pipeline.sft import lr_factor
+
+    warmup, main, ranking, scale = 10, 100, 40, 0.15
+    factors = [lr_factor(step, warmup, main, ranking, scale) for step in range(main + ranking + 1)]
+    rises = [b >= a for a, b in itertools.pairwise(factors)]
+    assert factors[0] == 0 and factors[warmup] == 1 and factors[main - 1] < 1e-3
+    assert all(rises[:warmup]) and not any(rises[warmup:main - 1])  # warmup, then the main cosine
+    assert factors[main] == scale and not any(rises[main:]) and factors[-1] < 1e-12  # the ranking phase's cosine
 
 
 def test_first_step_copies_train_the_whole_prescription_at_the_first_herb(micro_run):

@@ -4,17 +4,19 @@ from rxapp.ranking import rank_herbs
 from rxapp.vocab import vocab
 
 
-def test_generated_herbs_first_then_the_rest_each_by_score():
+def test_every_herb_by_its_first_step_score_ties_in_vocabulary_order():
     herbs = vocab().herbs
     scores = [0.0] * len(herbs)
     scores[herbs.index("甘草")] = 3.0
     scores[herbs.index("当归")] = 2.0
     scores[herbs.index("桂枝")] = 1.0
-    ranking = rank_herbs(["麻黄", "桂枝", "杏仁", "麻黄"], scores)
-    assert ranking[:5] == ["桂枝", "麻黄", "杏仁", "甘草", "当归"]  # generated: by score, ties in step order
-    assert ranking[5:] == [h for h in herbs if h not in {"麻黄", "桂枝", "杏仁", "甘草", "当归"}]  # vocabulary order
+    scores[herbs.index("附子")] = -1.0
+    ranking = rank_herbs(scores)
+    assert ranking[:3] == ["甘草", "当归", "桂枝"] and ranking[-1] == "附子"
+    assert ranking[3:-1] == [h for h in herbs if h not in {"甘草", "当归", "桂枝", "附子"}]
+    assert sorted(ranking) == sorted(herbs)
 
 
 def test_scores_must_cover_the_vocabulary():
     with pytest.raises(ValueError):
-        rank_herbs([], [1.0, 2.0])
+        rank_herbs([1.0, 2.0])

@@ -36,7 +36,7 @@ def test_steps_stream_then_a_whole_recommendation(llama):
     assert steps and steps == final.steps and [s.index for s in steps] == list(range(1, len(steps) + 1))
     assert len(set(final.herbs)) == len(final.herbs) and set(final.herbs) <= set(vocab().herbs)
     assert [s.elapsed_s for s in steps] == sorted(s.elapsed_s for s in steps)
-    assert set(final.ranking[: len(final.herbs)]) == set(final.herbs) and len(set(final.ranking)) == len(vocab().herbs)
+    assert final.ranking[0] == final.herbs[0] and sorted(final.ranking) == sorted(vocab().herbs)  # greedy: same argmax
     parsed = parse_response(final.text)
     assert parsed.herbs == final.herbs and parsed.stopped  # what it streamed is what it wrote
 
