@@ -288,6 +288,7 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
                 part_loss.backward()
                 loss += part_loss.item()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            lr = run.scheduler.get_last_lr()[0]  # this step's; the scheduler then moves on to the next's
             optimizer.step()
             run.scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -295,7 +296,7 @@ def train_sft(cfg: PipelineConfig, distill_dir: Path, out_dir: Path, resume: boo
             bar.set_postfix(loss=f"{loss:.3f}")
             in_epoch = run.state["step"] - epoch_starts[epoch]
             if (in_epoch % eval_every == 0 or in_epoch == epoch_steps[epoch]) and evaluate_and_checkpoint(
-                    run, loss, time.time() - start_time):
+                    run, loss, lr, time.time() - start_time):
                 return finish(run, world)
     return finish(run, world)
 
@@ -335,7 +336,7 @@ def write_stop_threshold(folder: Path, threshold: float) -> None:
     (folder / HF_METADATA).write_text(json.dumps(model_metadata(threshold), indent=2) + "\n")
 
 
-def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool:
+def evaluate_and_checkpoint(run: Run, train_loss: float, lr: float, elapsed: float) -> bool:
     """Log validation metrics, keep the best model, write a resumable checkpoint; True when patience runs out.
     Every rank computes the same validation numbers, so every rank takes the same decision."""
     state, size = run.state, run.cfg.sft.micro_batch_size or run.cfg.sft.batch_size * 2
@@ -344,7 +345,7 @@ def evaluate_and_checkpoint(run: Run, train_loss: float, elapsed: float) -> bool
     metrics = first_step_metrics(run.model, run.tokenizer, run.validation)
     entry = {"step": state["step"], "epoch": state["epoch"] + 1,
              "phase": "main" if state["epoch"] < run.cfg.sft.epochs else "ranking", "train_loss": train_loss,
-             "val_loss": val_loss, "lr": run.scheduler.get_last_lr()[0],
+             "val_loss": val_loss, "lr": lr,
              "val_P@5": metrics["P@5"], "val_F1@10": metrics["F1@10"], "elapsed_s": round(elapsed, 1)}
     state["log"].append(entry)
     improved = metrics["F1@10"] > state["best"]
