@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.data import load_split
-from pipeline.evaluate import write_json
+from pipeline.data.records import load_split
+from pipeline.runfolder import write_json
 from rxapp import DEFAULT_MODEL
 
 ROWS = ("hf:fp32", "hf:4bit", "llama:f16", "llama:q8_0", "llama:q4_k_m")

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.data import load_split
-from pipeline.evaluate import write_json
+from pipeline.data.records import load_split
+from pipeline.runfolder import write_json
 from rxapp.safety import Patient, rules
 from rxapp.vocab import vocab
 

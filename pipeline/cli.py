@@ -1,6 +1,7 @@
-"""Command line of the training pipeline: `python -m pipeline run` (every stage), or one stage at a time:
-`knowledge | distill | sft | small | prefs | dpo | grpo | tradeoff | export | evaluate | card`; `ship` makes an
-export the app's default model; `unpack` turns an exported GGUF back into a trainable folder."""
+"""Command line of the training pipeline: `python -m pipeline run` (every stage), one trained stage at a time
+(`sft | small | prefs | dpo | grpo | tradeoff`, generated from `pipeline.run.STAGES`), and the tools that work on any
+paths: `knowledge`, `distill`, `export`, `evaluate`, `card`, `ship` (an export becomes the app's default model) and
+`unpack` (an exported GGUF back into a trainable folder)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,20 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.baselines import BASELINES
-from pipeline.card import DEFAULT_STAGES
-from pipeline.data import SPLITS
-from pipeline.export import QUANTISATIONS
-from pipeline.llm_teacher import TeacherError
-from pipeline.run import STAGE_NAMES
+from pipeline.data.baselines import BASELINES
+from pipeline.data.llm_teacher import TeacherError
+from pipeline.data.records import SPLITS
+from pipeline.release.card import DEFAULT_STAGES
+from pipeline.release.export import QUANTISATIONS
+from pipeline.run import STAGE_NAMES, STAGES
+from pipeline.runfolder import RunFolder
 from rxapp import DEFAULT_MODEL
 from rxapp.feedback import StoreError
 from rxapp.knowledge import KNOWLEDGE_FILE
 
 
 def run_knowledge(args: argparse.Namespace) -> int:
-    from pipeline.knowledge import build
+    from pipeline.data.knowledge import build
 
     coverage = build(args.out)
     print(json.dumps(coverage, ensure_ascii=False))
@@ -29,99 +31,19 @@ def run_knowledge(args: argparse.Namespace) -> int:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from pipeline.config import TeacherConfig
-    from pipeline.distill import distill
+    from pipeline.data.distill import distill
+    from pipeline.data.llm_teacher import Endpoint
 
-    teacher = TeacherConfig("openai", args.teacher_url, args.teacher_model, args.rpm) if args.teacher_url else None
-    for split, path in distill(args.split, args.out, teacher.endpoint() if teacher else None, args.limit).items():
+    endpoint = None
+    if args.teacher_url:
+        endpoint = Endpoint(args.teacher_url, args.teacher_model, requests_per_minute=args.rpm)
+    for split, path in distill(args.split, args.out, endpoint, args.limit).items():
         print(f"{split}: {path}")
     return 0
 
 
-def run_small(args: argparse.Namespace) -> int:
-    from pipeline.config import PipelineConfig
-    from pipeline.distill import distill
-    from pipeline.small import train_small
-
-    cfg = PipelineConfig.load(args.config)
-    distill(["train", "validation"], args.out / "distill", cfg.teacher.endpoint(), cfg.teacher.limit)
-    print(f"best model: {train_small(cfg, args.out / 'distill', args.out / 'small')}")
-    return 0
-
-
-def run_prefs(args: argparse.Namespace) -> int:
-    from pipeline.config import PipelineConfig
-    from pipeline.prefs import build_preferences
-
-    cfg = PipelineConfig.load(args.config)
-    model = args.model or args.out / "sft" / "best"
-    summary = build_preferences(cfg, args.out, model, args.out / "small" / "best", args.from_feedback)
-    print(json.dumps(summary, ensure_ascii=False, indent=2))
-    return 0
-
-
-def run_dpo(args: argparse.Namespace) -> int:
-    from pipeline.config import PipelineConfig
-    from pipeline.dpo import train_dpo
-
-    cfg = PipelineConfig.load(args.config)
-    print(f"best model: {train_dpo(cfg, args.out, args.model or args.out / 'sft' / 'best')}")
-    return 0
-
-
-GRPO_START = "the model GRPO starts from, also its KL reference (default: RUN/dpo/best if present, else RUN/sft/best)"
-
-
-def grpo_start(args: argparse.Namespace) -> Path:
-    """The model GRPO starts from: --model, else RUN/dpo/best when present, else RUN/sft/best."""
-    dpo, sft = args.out / "dpo" / "best", args.out / "sft" / "best"
-    start = args.model or (dpo if dpo.exists() else sft)
-    print(f"GRPO starts from {start}", file=sys.stderr)
-    return start
-
-
-def run_grpo(args: argparse.Namespace) -> int:
-    from pipeline.config import PipelineConfig
-    from pipeline.grpo import train_grpo
-
-    cfg = PipelineConfig.load(args.config)
-    if args.alpha is not None:
-        cfg.grpo.alpha = args.alpha
-    print(f"best model: {train_grpo(cfg, args.out, grpo_start(args))}")
-    return 0
-
-
-def run_tradeoff(args: argparse.Namespace) -> int:
-    from pipeline.config import PipelineConfig
-    from pipeline.tradeoff import sweep, tradeoff_table
-
-    cfg = PipelineConfig.load(args.config)
-    rows = sweep(cfg, args.out, grpo_start(args), args.alphas, args.split, args.limit)
-    print(tradeoff_table(rows))
-    print(f"wrote {args.out / 'tradeoff.json'} and {args.out / 'tradeoff.png'}", file=sys.stderr)
-    return 0
-
-
-def run_sft(args: argparse.Namespace) -> int:
-    import torch.distributed
-
-    from pipeline.config import PipelineConfig
-    from pipeline.distill import distill
-    from pipeline.sft import setup_distributed, train_sft
-
-    cfg = PipelineConfig.load(args.config)
-    rank, world, _ = setup_distributed()
-    if rank == 0:  # one writer; the other ranks wait for its files
-        distill(["train", "validation"], args.out / "distill", cfg.teacher.endpoint(), cfg.teacher.limit)
-    if world > 1:
-        torch.distributed.barrier()
-    best = train_sft(cfg, args.out / "distill", args.out / "sft", resume=args.resume)
-    print(f"best model: {best}")
-    return 0
-
-
 def run_export(args: argparse.Namespace) -> int:
-    from pipeline.export import export
+    from pipeline.release.export import export
 
     for kind, path in export(args.model, args.out, tuple(args.quant)).items():
         print(f"{kind}: {path}")
@@ -129,21 +51,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_unpack(args: argparse.Namespace) -> int:
-    from pipeline.unpack import unpack
+    from pipeline.release.unpack import unpack
 
     print(unpack(args.gguf, args.out))
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import (
-        differences,
-        evaluate_baseline,
-        evaluate_model,
-        format_table,
-        reference_row,
-        write_json,
-    )
+    from pipeline.evaluate import differences, evaluate_baseline, evaluate_model, format_table, reference_row
+    from pipeline.runfolder import write_json
 
     if args.model:
         rows = [evaluate_model(path, args.split, args.limit, args.stepper, args.alpha) for path in args.model]
@@ -173,11 +89,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_card(args: argparse.Namespace) -> int:
     import gguf
 
-    from pipeline.card import export_files, write_card
     from pipeline.config import PipelineConfig
-    from pipeline.export import gguf_fields
-    from rxapp.backends import saved_stop_threshold
-    from rxapp.modelinfo import stop_threshold
+    from pipeline.release.card import export_files, write_card
+    from pipeline.release.export import gguf_fields
+    from rxapp.modelinfo import saved_stop_threshold, stop_threshold
 
     files = export_files(args.export)
     if not files:
@@ -197,26 +112,40 @@ def run_all(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / args.config.stem
     report = run_pipeline(args.config, out, args.from_feedback, args.resume, args.until, tuple(args.redo))
     print(report_table(report))
-    if (out / "export" / "card.md").exists():
-        print(f"model: {out / 'export'} (card.md beside it); try it: python launch.py --model "
-              f"{out / 'export' / 'model-q4_k_m.gguf'}", file=sys.stderr)
+    export = RunFolder(out).export
+    if (export / "card.md").exists():
+        print(f"model: {export} (card.md beside it); try it: python launch.py --model "
+              f"{export / 'model-q4_k_m.gguf'}", file=sys.stderr)
     return 0
 
 
 def run_ship(args: argparse.Namespace) -> int:
-    from pipeline.ship import ship
+    from pipeline.release.ship import ship
 
     for path in ship(args.export, args.to):
         print(path)
     return 0
 
 
-def stage_parser(sub, name: str, out_help: str, help: str) -> argparse.ArgumentParser:
-    """A training stage's parser, with the --config and --out that every stage takes."""
-    parser = sub.add_parser(name, help=help)
-    parser.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
-    parser.add_argument("--out", type=Path, required=True, help=out_help)
-    return parser
+def run_one_stage(args: argparse.Namespace) -> int:
+    from pipeline.run import run_stage
+
+    print(json.dumps(run_stage(args.stage, args.config, args.out, args), ensure_ascii=False, indent=2))
+    return 0
+
+
+def add_stage_commands(sub) -> None:
+    """`python -m pipeline NAME --config C --out RUN [options]` for each stage of the table that has a command."""
+    for stage in STAGES:
+        if stage.options is None:
+            continue
+        parser = sub.add_parser(stage.name, help=stage.help)
+        parser.add_argument("--config", type=Path, required=True, help="pipeline config, e.g. configs/default.yaml")
+        parser.add_argument("--out", type=Path, required=True, help="the run folder it reads and writes")
+        for option in stage.options:
+            named = {} if {"action", "choices"} & option.settings.keys() else {"metavar": option.flag[2:].upper()}
+            parser.add_argument(option.flag, dest=option.dest.replace(".", "_"), **named, **option.settings)
+        parser.set_defaults(run=run_one_stage, stage=stage)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,37 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--rpm", type=float, default=60.0, help="requests per minute at most (default %(default)s)")
     distill.add_argument("--limit", type=int, help="ask the endpoint about the first N records of each split only")
     distill.set_defaults(run=run_distill)
-    sft = stage_parser(sub, "sft", "run folder (distill/ and sft/ are written in it)",
-                       "supervised fine-tuning on the distilled examples (torchrun for several ranks)")
-    sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    sft.set_defaults(run=run_sft)
-    small = stage_parser(sub, "small", "run folder (distill/ and small/ are written in it)",
-                         "train the small BART (symptoms → herb list) of the preference stage")
-    small.set_defaults(run=run_small)
-    prefs = stage_parser(sub, "prefs", "run folder holding sft/best and small/best",
-                         "preference pairs: LLM samples against the small BART (and clinician feedback with "
-                         "--from-feedback), written to RUN/prefs/")
-    prefs.add_argument("--model", type=Path, help="the LLM to sample (default: RUN/sft/best)")
-    prefs.add_argument("--from-feedback", type=Path, help="the app's feedback database (rx.db) or its JSONL export")
-    prefs.set_defaults(run=run_prefs)
-    dpo = stage_parser(sub, "dpo", "run folder holding prefs/ and sft/best",
-                       "DPO (TRL) on RUN/prefs from the SFT model; the result in RUN/dpo/best")
-    dpo.add_argument("--model", type=Path, help="the model to start from and refer to (default: RUN/sft/best)")
-    dpo.set_defaults(run=run_dpo)
-    grpo = stage_parser(sub, "grpo", "run folder holding distill/ and the starting model",
-                        "step-wise GRPO with reward shaping and incompatibility penalty α; the result in "
-                        "RUN/grpo-aα/best with log.json and curves.png (torchrun for data parallel)")
-    grpo.add_argument("--model", type=Path, help=GRPO_START)
-    grpo.add_argument("--alpha", type=float, help="incompatibility penalty α (default: the config's grpo.alpha)")
-    grpo.set_defaults(run=run_grpo)
-    tradeoff = stage_parser(sub, "tradeoff", "run folder holding distill/ and the start model",
-                            "α sweep: GRPO per α (trained when missing), each scored with the start model through "
-                            "the app's stepper; RUN/tradeoff.json and tradeoff.png")
-    tradeoff.add_argument("--model", type=Path, help=GRPO_START)
-    tradeoff.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
-    tradeoff.add_argument("--split", default="test", choices=SPLITS)
-    tradeoff.add_argument("--limit", type=int, help="score the first N records only (quick checks)")
-    tradeoff.set_defaults(run=run_tradeoff)
+    add_stage_commands(sub)
     export = sub.add_parser("export", help="merged HF folder, GGUF f16 and quantised GGUFs of a trained model")
     export.add_argument("--model", type=Path, required=True, help="trained model folder, e.g. RUN/sft/best")
     export.add_argument("--out", type=Path, required=True, help="output folder (hf/, model-f16.gguf, model-Q.gguf)")

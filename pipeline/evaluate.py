@@ -1,20 +1,21 @@
-"""The one evaluator: every recommender (baselines now, trained models later) is scored by `evaluate` on the same
-split with the same metrics, and shown beside the published results on this split."""
+"""The one evaluator: every recommender (the baselines, the small BART, a trained model folder, or any model the app
+loads, through the app's own stepper) is scored by `evaluate` on the same split with the same metrics, and shown
+beside the published results on this split."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.baselines import BASELINES, KNN, rank
-from pipeline.data import Record, load_split
+from pipeline.data.baselines import BASELINES, KNN, rank
+from pipeline.data.records import Record, load_split
+from pipeline.data.teacher import TrainStats, claim_is_grounded
 from pipeline.metrics import jaccard, prescription_metrics, ranking_metrics
-from pipeline.teacher import TrainStats, claim_is_grounded
-from rxapp.backends import saved_stop_threshold
+from rxapp.backends import Backend
+from rxapp.modelinfo import saved_stop_threshold
 from rxapp.ranking import rank_herbs
 from rxapp.stepformat import Response, explanation_claims, parse_response
 
@@ -111,9 +112,9 @@ def evaluate_baseline(name: str, split: str, limit: int | None = None) -> dict:
 def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
     """A trained model folder: greedy responses (stopping at the model's own threshold), ranked by the shared rule
     (every herb by its first-step score)."""
-    from pipeline.generation import generate_responses
-    from pipeline.model import load_trained
-    from pipeline.scoring import first_herb_logprobs
+    from pipeline.model.generation import generate_responses
+    from pipeline.model.llm import load_trained
+    from pipeline.model.scoring import first_herb_logprobs
 
     model, tokenizer = load_trained(path)
     threshold = saved_stop_threshold(path)
@@ -130,7 +131,7 @@ def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
 
 def small_predictor(path: Path) -> Predictor:
     """The small BART (`pipeline small`): its greedy herb list, ranked by the shared rule."""
-    from pipeline.small import load_small, rankings
+    from pipeline.model.bart import load_small, rankings
 
     model, tokenizer = load_small(path)
 
@@ -141,18 +142,16 @@ def small_predictor(path: Path) -> Predictor:
     return predict
 
 
-def stepper_predictor(path: Path, backend: str | None = None, alpha: float = 0.0) -> Predictor:
-    """Any model the app loads (a GGUF file, or an HF folder with backend "hf"), run through the app's own stepper
-    (greedy, safety cost `alpha`): what a practitioner would see, for comparing exports and precisions."""
-    from rxapp.backends import load_backend
+def stepper_predictor(model: Backend, name: str, alpha: float = 0.0) -> Predictor:
+    """A model the app has loaded, run through the app's own stepper (greedy, safety cost `alpha`): what a
+    practitioner would see, for comparing exports and precisions."""
     from rxapp.stepper import Recommendation, StepperConfig, recommend
 
-    model = load_backend(path, backend)
     cfg = StepperConfig(alpha=alpha, forbid_severe=alpha > 0)
 
     def predict(records: Sequence[Record]) -> list[Prediction]:
         out = []
-        for r in tqdm(records, desc=f"stepper {path.name}", unit="case", disable=None):
+        for r in tqdm(records, desc=f"stepper {name}", unit="case", disable=None):
             final = next(e for e in recommend(model, r.symptoms, False, cfg) if isinstance(e, Recommendation))
             out.append(Prediction(final.ranking, final.herbs, parse_response(final.text)))
         return out
@@ -164,16 +163,20 @@ def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: st
                    alpha: float = 0.0) -> dict:
     """A trained model on `split`: batched generation for a training folder, or the app's stepper on the
     `stepper` backend ("llama" or "hf"; a .gguf file always takes this path)."""
+    from pipeline.model.bart import is_small_model
+    from rxapp.backends import load_backend
+
     records = load_split(split)[:limit]
     if path.suffix == ".gguf":
         stepper = stepper or "llama"
-    from pipeline.small import is_small_model
-
     if is_small_model(path):
-        predictor = small_predictor(path)
+        metrics = evaluate(small_predictor(path), records)
+    elif stepper:
+        with load_backend(path, stepper) as backend:
+            metrics = evaluate(stepper_predictor(backend, path.name, alpha), records)
     else:
-        predictor = stepper_predictor(path, stepper, alpha) if stepper else model_predictor(path)
-    row = {"model": str(path), "split": split, "n": len(records), **evaluate(predictor, records)}
+        metrics = evaluate(model_predictor(path), records)
+    row = {"model": str(path), "split": split, "n": len(records), **metrics}
     return row | ({"decoding": f"stepper:{stepper}", "alpha": alpha} if stepper else {})
 
 
@@ -205,11 +208,3 @@ def format_table(rows: Sequence[dict], split: str) -> str:
         cells = "".join((f"{r[c]:.4f}" if c in r else "—").rjust(11) for c in COLUMNS)
         lines.append(r["model"].ljust(width) + cells)
     return "\n".join(lines)
-
-
-def write_json(document: dict | list, path: Path) -> None:
-    """Write atomically, so that a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)

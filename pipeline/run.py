@@ -1,16 +1,19 @@
-"""`pipeline run`: every stage in order in one run folder, each skipped when its output is current.
+"""The stage table and `pipeline run`: every stage in order in one run folder, each skipped when its output is current.
 
     prepare → knowledge → distill → sft → small → prefs → dpo → grpo → [tradeoff] → export → evaluate → card
+
+`STAGES` is the one wiring of the pipeline: what each stage does (`work`), what it reads, which settings it depends
+on, and the options of its own command (`python -m pipeline sft …`, generated from the table by `pipeline.cli`).
 
 A stage's record, RUN/stages/NAME.json, is written atomically once all its outputs are; it holds the fingerprint of
 what the stage read: its config settings, its input files, and the records of the stages it builds on. A stage runs
 when its record is missing (never run, or interrupted) or its fingerprint has changed, and then every stage that
 builds on it runs too. Code is not fingerprinted: `--redo STAGE` reruns a stage (and what follows) by hand.
-RUN/ holds config.yaml (the snapshot), logs/NAME.log (each stage's output), run.json (times and summaries), the
-stages' folders, evaluate/SPLIT.json, tradeoff.json/png and export/ with the model card."""
+The run folder's layout is `pipeline.runfolder`'s."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -18,52 +21,60 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.config import SHIPPABLE_STAGES, PipelineConfig
-from pipeline.data import SMGCN
-from pipeline.evaluate import write_json
-from pipeline.knowledge import KG_DIR
-from rxapp.engine import file_sha256
+from pipeline.config import PipelineConfig
+from pipeline.data.knowledge import KG_DIR
+from pipeline.data.records import SMGCN, SPLITS
+from pipeline.runfolder import TRAINED_STAGES, RunFolder, read_json, write_json, write_text
 from rxapp.knowledge import KNOWLEDGE_FILE
+from rxapp.modelinfo import file_sha256
 from rxapp.vocab import VOCAB_DIR
+
+SWEEP_ALPHAS = (0.0, 0.5, 1.0, 2.0)  # the α the `tradeoff` command sweeps when neither it nor the config lists any
 
 
 @dataclass
 class Run:
+    """One stage's view of the run: the config, the folder, and what its command or `pipeline run` was told."""
+
     cfg: PipelineConfig
-    out: Path
+    folder: RunFolder
     resume: bool = False
     feedback: Path | None = None  # the app's rx.db (or its export), read by the prefs stage
+    start: Path | None = None  # the model a trained stage starts from, when not the run folder's (--model)
 
-    def stage_model(self, stage: str) -> Path:
-        """The model a trained stage (sft, dpo or grpo at the config's α) left in the run folder."""
-        from pipeline.grpo import alpha_folder
+    def start_model(self, stage: str) -> Path:
+        start = self.start or self.folder.start_model(stage)
+        print(f"{stage} starts from {start}", file=sys.stderr)
+        return start
 
-        return (alpha_folder(self.out, self.cfg.grpo.alpha) if stage == "grpo" else self.out / stage) / "best"
+    def shipped_model(self) -> Path:
+        """The model of the stage the config ships (GRPO at the config's α)."""
+        return self.folder.best(self.cfg.ship, self.cfg.grpo.alpha)
 
 
 # The stages' work: each writes its outputs under RUN and returns a short JSON summary for run.json.
 
 def prepare(run: Run) -> dict:
     """The published split and the carved validation split, counted and identified."""
-    from pipeline.data import SPLITS, load_split
+    from pipeline.data.records import load_split
 
     validation = "\n".join(sorted(r.id for r in load_split("validation")))
     summary = {"records": {s: len(load_split(s)) for s in SPLITS},
                "validation_ids_sha256": hashlib.sha256(validation.encode()).hexdigest()}
-    write_json(summary, run.out / "data" / "splits.json")
+    write_json(summary, run.folder.splits)
     return summary
 
 
 def knowledge(run: Run) -> dict:
     """Rebuild the herb knowledge from the raw KDHR files and check it against the shipped file, which the teacher,
     the app and the safety engine read."""
-    from pipeline.knowledge import build
+    from pipeline.data.knowledge import build
 
-    built = run.out / "knowledge" / "herbs.json"
+    built = run.folder.knowledge
     coverage = build(built)
     matches = file_sha256(built) == file_sha256(KNOWLEDGE_FILE)
     if not matches:
@@ -73,119 +84,147 @@ def knowledge(run: Run) -> dict:
 
 
 def distill(run: Run) -> dict:
-    from pipeline.distill import distill as write_examples
+    from pipeline.data.distill import distill as write_examples
+    from pipeline.data.llm_teacher import teacher_endpoint
 
     teacher = run.cfg.teacher
-    paths = write_examples(["train", "validation"], run.out / "distill", teacher.endpoint(), teacher.limit)
+    paths = write_examples(["train", "validation"], run.folder.distill, teacher_endpoint(teacher), teacher.limit)
     return {split: str(path) for split, path in paths.items()}
 
 
 def sft(run: Run) -> dict:
-    from pipeline.sft import train_sft
+    from pipeline.stages.sft import train_sft
 
-    return {"best": str(train_sft(run.cfg, run.out / "distill", run.out / "sft", resume=run.resume))}
+    return {"best": str(train_sft(run.cfg, run.folder, resume=run.resume))}
 
 
 def small(run: Run) -> dict:
-    from pipeline.small import train_small
+    from pipeline.stages.small import train_small
 
-    return {"best": str(train_small(run.cfg, run.out / "distill", run.out / "small"))}
+    return {"best": str(train_small(run.cfg, run.folder))}
 
 
 def prefs(run: Run) -> dict:
-    from pipeline.prefs import build_preferences
+    from pipeline.stages.prefs import build_preferences
 
-    return build_preferences(run.cfg, run.out, run.out / "sft" / "best", run.out / "small" / "best", run.feedback)
+    return build_preferences(run.cfg, run.folder, run.start_model("prefs"), run.folder.best("small"), run.feedback)
 
 
 def dpo(run: Run) -> dict:
-    from pipeline.dpo import train_dpo
+    from pipeline.stages.dpo import train_dpo
 
-    return {"best": str(train_dpo(run.cfg, run.out, run.out / "sft" / "best"))}
+    return {"best": str(train_dpo(run.cfg, run.folder, run.start_model("dpo")))}
 
 
 def grpo(run: Run) -> dict:
-    from pipeline.grpo import train_grpo
+    from pipeline.stages.grpo import train_grpo
 
-    return {"best": str(train_grpo(run.cfg, run.out, run.out / "dpo" / "best"))}
+    return {"best": str(train_grpo(run.cfg, run.folder, run.start_model("grpo")))}
 
 
 def tradeoff(run: Run) -> dict:
-    """The α sweep from the DPO model; the config's own α reuses the grpo stage's model. Without --resume the other
-    α are trained afresh, since this stage only runs when something it builds on has changed."""
-    from pipeline.grpo import alpha_folder
-    from pipeline.tradeoff import sweep, tradeoff_table
+    """The α sweep from GRPO's start model; the config's own α reuses the grpo stage's model. Without --resume the
+    other α are trained afresh, since this stage only runs when something it builds on has changed."""
+    from pipeline.release.card import tradeoff_table
+    from pipeline.stages.tradeoff import sweep
 
-    alphas = run.cfg.evaluate.tradeoff_alphas
+    alphas = run.cfg.evaluate.tradeoff_alphas or list(SWEEP_ALPHAS)
     if not run.resume:
         for alpha in alphas:
             if alpha != run.cfg.grpo.alpha:
-                shutil.rmtree(alpha_folder(run.out, alpha), ignore_errors=True)
-    rows = sweep(run.cfg, run.out, run.out / "dpo" / "best", alphas, run.cfg.evaluate.split, run.cfg.evaluate.limit)
+                shutil.rmtree(run.folder.stage("grpo", alpha), ignore_errors=True)
+    rows = sweep(run.cfg, run.folder, run.start_model("tradeoff"), alphas, run.cfg.evaluate.split,
+                 run.cfg.evaluate.limit)
     print(tradeoff_table(rows))
+    print(f"wrote {run.folder.tradeoff} and its plot", file=sys.stderr)
     return {"rows": len(rows)}
 
 
 def export(run: Run) -> dict:
-    from pipeline.export import export as export_model
+    from pipeline.release.export import export as export_model
 
-    return {kind: str(path) for kind, path in export_model(run.stage_model(run.cfg.ship), run.out / "export").items()}
+    return {kind: str(path) for kind, path in export_model(run.shipped_model(), run.folder.export).items()}
 
 
 def evaluate(run: Run) -> dict:
     """Each trained stage's model as Q4_K_M through the app's stepper, the differences from SFT, the baselines and
     the doctors' own prescriptions, in RUN/evaluate/SPLIT.json."""
-    from pipeline.baselines import BASELINES
+    from pipeline.data.baselines import BASELINES
     from pipeline.evaluate import differences, evaluate_baseline, evaluate_model, format_table, reference_row
-    from pipeline.export import SHIPPED, shipped_gguf
+    from pipeline.release.export import SHIPPED, shipped_gguf
 
     settings = run.cfg.evaluate
     models = {}
-    for stage in SHIPPABLE_STAGES:
+    for stage in TRAINED_STAGES:
         name = f"grpo α={run.cfg.grpo.alpha:g}" if stage == "grpo" else stage
         if stage == run.cfg.ship:
-            models[f"{name} (this export)"] = run.out / "export" / f"model-{SHIPPED}.gguf"
+            models[f"{name} (this export)"] = run.folder.export / f"model-{SHIPPED}.gguf"
         else:
-            best = run.stage_model(stage)
+            best = run.folder.best(stage, run.cfg.grpo.alpha)
             models[name] = shipped_gguf(best, best.parent / "export")
     rows = [evaluate_model(gguf, settings.split, settings.limit, "llama", settings.alpha) | {"model": name}
             for name, gguf in models.items()]
     rows += differences(rows)
     rows += [evaluate_baseline(name, settings.split, settings.limit) for name in BASELINES]
     rows.append(reference_row(settings.split, settings.limit))
-    write_json(rows, evaluation_file(run))
+    write_json(rows, run.folder.evaluation(settings.split))
     print(format_table(rows, settings.split))
     return {row["model"]: {k: row[k] for k in ("P@5", "F1@10", "incompat_rate")} for row in rows[:len(models)]}
 
 
-def evaluation_file(run: Run) -> Path:
-    return run.out / "evaluate" / f"{run.cfg.evaluate.split}.json"
-
-
 def card(run: Run) -> dict:
-    from pipeline.card import export_files, write_card
-    from rxapp.backends import saved_stop_threshold
+    from pipeline.release.card import export_files, write_card
+    from rxapp.modelinfo import saved_stop_threshold
 
-    folder = run.out / "export"
-    swept = run.out / "tradeoff.json" if run.cfg.evaluate.tradeoff_alphas else None
-    path = write_card(run.cfg, [evaluation_file(run)], export_files(folder), folder / "card.md",
-                      saved_stop_threshold(folder / "hf"), making_stages(run.cfg), swept)
+    folder = run.folder.export
+    swept = run.folder.tradeoff if run.cfg.evaluate.tradeoff_alphas else None
+    path = write_card(run.cfg, [run.folder.evaluation(run.cfg.evaluate.split)], export_files(folder),
+                      folder / "card.md", saved_stop_threshold(folder / "hf"), making_stages(run.cfg), swept)
     return {"card": str(path)}
 
 
 def making_stages(cfg: PipelineConfig) -> list[str]:
     """The stages that made the exported model: everything up to the shipped stage, then export."""
-    names = [s.name for s in STAGES]
-    return [*names[: names.index(cfg.ship) + 1], "export"]
+    return [*STAGE_NAMES[: STAGE_NAMES.index(cfg.ship) + 1], "export"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option of a stage's own command: argparse's flag and settings; `dest` names the Run field it sets, or a
+    config setting as SECTION.NAME."""
+
+    flag: str
+    dest: str
+    settings: dict = field(default_factory=dict)
+
+    def apply(self, run: Run, value) -> None:
+        if value is None or value is False:
+            return
+        if "." in self.dest:
+            section, name = self.dest.split(".")
+            setattr(getattr(run.cfg, section), name, value)
+        else:
+            setattr(run, self.dest, value)
+
+
+START_MODEL = Option("--model", "start", {"type": Path, "help": "the model this stage starts from (default: the "
+                                                                 "run folder's; see pipeline.runfolder.start_model)"})
+RESUME = Option("--resume", "resume", {"action": "store_true", "help": "keep what an interrupted run finished"})
+FEEDBACK = Option("--from-feedback", "feedback", {"type": Path, "help": "the app's feedback database (rx.db) or "
+                                                                        "its JSONL export: its pairs join the data"})
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
+    help: str
     work: Callable[[Run], dict]
     after: tuple[str, ...]  # the stages whose outputs it reads
     settings: Callable[[PipelineConfig], object]  # the part of the config it depends on
     files: Callable[[Run], list[Path]] = lambda run: []  # what it reads from outside the run folder
+    # the options of its own command `python -m pipeline NAME --config C --out RUN`; None: no such command, since
+    # `pipeline.cli` has a tool of that name that works on any paths (or the stage only makes sense inside a run)
+    options: tuple[Option, ...] | None = None
 
 
 def everything_but_the_sweep(cfg: PipelineConfig) -> dict:
@@ -193,21 +232,41 @@ def everything_but_the_sweep(cfg: PipelineConfig) -> dict:
 
 
 STAGES = (
-    Stage("prepare", prepare, (), lambda c: None, lambda run: [SMGCN / "train.txt", SMGCN / "test.txt"]),
-    Stage("knowledge", knowledge, (), lambda c: None,
-          lambda run: sorted(p for p in KG_DIR.rglob("*") if p.is_file())),
-    Stage("distill", distill, ("prepare", "knowledge"), lambda c: asdict(c.teacher),
+    Stage("prepare", "count the splits and identify the validation split", prepare, (), lambda c: None,
+          lambda run: [SMGCN / "train.txt", SMGCN / "test.txt"]),
+    Stage("knowledge", "rebuild the herb knowledge and compare it with the shipped file", knowledge, (),
+          lambda c: None, lambda run: sorted(p for p in KG_DIR.rglob("*") if p.is_file())),
+    Stage("distill", "the teacher's training examples", distill, ("prepare", "knowledge"),
+          lambda c: asdict(c.teacher),
           lambda run: [KNOWLEDGE_FILE, VOCAB_DIR / "herbs.yaml", VOCAB_DIR / "symptoms.yaml"]),
-    Stage("sft", sft, ("distill",), lambda c: [c.seed, asdict(c.model), asdict(c.sft)]),
-    Stage("small", small, ("distill",), lambda c: [c.seed, asdict(c.small)]),
-    Stage("prefs", prefs, ("sft", "small"), lambda c: [c.seed, asdict(c.prefs)],
-          lambda run: [run.feedback] if run.feedback else []),
-    Stage("dpo", dpo, ("prefs",), lambda c: [c.seed, asdict(c.dpo)]),
-    Stage("grpo", grpo, ("dpo",), lambda c: [c.seed, asdict(c.grpo)]),
-    Stage("tradeoff", tradeoff, ("grpo",), lambda c: [asdict(c.evaluate)]),
-    Stage("export", export, ("grpo",), lambda c: c.ship),
-    Stage("evaluate", evaluate, ("export", "sft", "dpo"), everything_but_the_sweep),
-    Stage("card", card, ("evaluate", "tradeoff"), lambda c: c.name),
+    Stage("sft", "supervised fine-tuning on the distilled examples (torchrun for several ranks); RUN/sft/best",
+          sft, ("distill",), lambda c: [c.seed, asdict(c.model), asdict(c.sft)], options=(RESUME,)),
+    Stage("small", "train the small BART (symptoms → herb list) of the preference stage; RUN/small/best", small,
+          ("distill",), lambda c: [c.seed, asdict(c.small)], options=()),
+    Stage("prefs", "preference pairs: LLM samples against the small BART (and clinician feedback); RUN/prefs/",
+          prefs, ("sft", "small"), lambda c: [c.seed, asdict(c.prefs)],
+          lambda run: [run.feedback] if run.feedback else [], options=(START_MODEL, FEEDBACK)),
+    Stage("dpo", "DPO (TRL) on RUN/prefs from the SFT model, which is also its reference; RUN/dpo/best", dpo,
+          ("prefs",), lambda c: [c.seed, asdict(c.dpo)], options=(START_MODEL,)),
+    Stage("grpo", "step-wise GRPO with reward shaping and incompatibility penalty α (torchrun for data parallel); "
+          "RUN/grpo-aα/best with log.json and curves.png", grpo, ("dpo",), lambda c: [c.seed, asdict(c.grpo)],
+          options=(START_MODEL, Option("--alpha", "grpo.alpha", {"type": float, "help": "the incompatibility "
+                                                                 "penalty α (default: the config's grpo.alpha)"}))),
+    Stage("tradeoff", "α sweep: GRPO per α (trained when missing), each scored with the start model through the "
+          "app's stepper; RUN/tradeoff.json and tradeoff.png", tradeoff, ("grpo",), lambda c: [asdict(c.evaluate)],
+          options=(START_MODEL,
+                   Option("--alphas", "evaluate.tradeoff_alphas",
+                          {"type": float, "nargs": "+", "help": "the α to sweep (default: the config's "
+                           f"evaluate.tradeoff_alphas, else {' '.join(f'{a:g}' for a in SWEEP_ALPHAS)})"}),
+                   Option("--split", "evaluate.split", {"choices": SPLITS, "help": "the split to score (default: "
+                                                        "the config's evaluate.split)"}),
+                   Option("--limit", "evaluate.limit", {"type": int, "help": "score the first N records only"}),
+                   Option("--resume", "resume", {"action": "store_true", "help": "keep the α already trained"}))),
+    Stage("export", "the shipped stage's model as a merged HF folder and GGUFs", export, ("grpo",),
+          lambda c: c.ship),
+    Stage("evaluate", "every trained stage through the app's stepper, beside the baselines", evaluate,
+          ("export", "sft", "dpo"), everything_but_the_sweep),
+    Stage("card", "the model card beside the export", card, ("evaluate", "tradeoff"), lambda c: c.name),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -223,6 +282,25 @@ def fingerprint(stage: Stage, run: Run, records: dict[str, dict]) -> str:
                 "files": {str(p): file_sha256(p) for p in stage.files(run)},
                 "after": {u: [records[u]["fingerprint"], records[u]["finished"]] for u in stage.after if u in records}}
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_stage(stage: Stage, config_path: Path, out: Path, values: argparse.Namespace) -> dict:
+    """A stage's own command: its work alone in the run folder, after the distillation it reads (cached, so cheap
+    when current; written by one process under torchrun). The trained inputs it reads must already be there."""
+    run = Run(PipelineConfig.load(config_path), RunFolder(out))
+    for option in stage.options or ():
+        option.apply(run, getattr(values, option.dest.replace(".", "_")))
+    if "distill" in stage.after:
+        from pipeline.model.training import setup_distributed
+
+        rank, world, _ = setup_distributed()
+        if rank == 0:
+            distill(run)
+        if world > 1:
+            import torch.distributed
+
+            torch.distributed.barrier()
+    return stage.work(run)
 
 
 class Tee:
@@ -255,18 +333,15 @@ def logged(path: Path):
             sys.stdout, sys.stderr = saved
 
 
-def snapshot_config(config_path: Path, out: Path, resume: bool) -> None:
+def snapshot_config(config_path: Path, folder: RunFolder, resume: bool) -> None:
     """RUN/config.yaml is the config the run was made with; resuming with another config is refused, since an
     interrupted stage would continue under settings it did not start with."""
     text = Path(config_path).read_text(encoding="utf-8")
-    saved = out / "config.yaml"
+    saved = folder.config
     if resume and saved.exists() and saved.read_text(encoding="utf-8") != text:
-        raise ValueError(f"{config_path} differs from the config {out} was run with ({saved}); "
+        raise ValueError(f"{config_path} differs from the config {folder.root} was run with ({saved}); "
                          "run without --resume to redo what changed")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(saved)
+    write_text(text, saved)
 
 
 def run_pipeline(config_path: Path, out: Path, feedback: Path | None = None, resume: bool = False,
@@ -275,8 +350,9 @@ def run_pipeline(config_path: Path, out: Path, feedback: Path | None = None, res
     cfg = PipelineConfig.load(config_path)
     if feedback is not None and not feedback.exists():
         raise FileNotFoundError(f"feedback file {feedback} does not exist")
-    snapshot_config(config_path, out, resume)
-    run = Run(cfg, out, resume, feedback)
+    folder = RunFolder(out)
+    snapshot_config(config_path, folder, resume)
+    run = Run(cfg, folder, resume, feedback)
     stages = active_stages(cfg)
     names = [s.name for s in stages]
     for name in [*redo, *([until] if until else [])]:
@@ -286,9 +362,8 @@ def run_pipeline(config_path: Path, out: Path, feedback: Path | None = None, res
         stages = stages[: names.index(until) + 1]
     records = {}
     for stage in STAGES:  # what earlier runs left, for the fingerprints of the stages after them
-        path = out / "stages" / f"{stage.name}.json"
-        if path.exists():
-            records[stage.name] = json.loads(path.read_text(encoding="utf-8"))
+        if folder.record(stage.name).exists():
+            records[stage.name] = read_json(folder.record(stage.name))
     report = []
     for number, stage in enumerate(stages, 1):
         key = fingerprint(stage, run, records)
@@ -300,18 +375,18 @@ def run_pipeline(config_path: Path, out: Path, feedback: Path | None = None, res
             continue
         began = time.time()
         try:
-            with logged(out / "logs" / f"{stage.name}.log"):
+            with logged(folder.log(stage.name)):
                 summary = stage.work(run)
         except BaseException:
             report.append({"stage": stage.name, "status": "failed", "seconds": round(time.time() - began, 1)})
-            write_json({"config": str(config_path), "stages": report}, out / "run.json")
+            write_json({"config": str(config_path), "stages": report}, folder.report)
             raise
         records[stage.name] = {"fingerprint": key, "finished": datetime.now().isoformat(timespec="milliseconds"),
                                "seconds": round(time.time() - began, 1), "summary": summary}
-        write_json(records[stage.name], out / "stages" / f"{stage.name}.json")
+        write_json(records[stage.name], folder.record(stage.name))
         report.append({"stage": stage.name, "status": "ran", **records[stage.name]})
-        write_json({"config": str(config_path), "stages": report}, out / "run.json")
-    write_json({"config": str(config_path), "stages": report}, out / "run.json")
+        write_json({"config": str(config_path), "stages": report}, folder.report)
+    write_json({"config": str(config_path), "stages": report}, folder.report)
     return report
 
 

@@ -1,4 +1,5 @@
-"""rx at the bedside: vocabulary, herb knowledge, safety engine, and (later) the model backends and the UI."""
+"""rx at the bedside: vocabulary, herb knowledge, safety engine, the model backends and stepper, the feedback store and
+the UI. It never imports the training pipeline."""
 
 from pathlib import Path
 

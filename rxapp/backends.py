@@ -14,18 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from rxapp.decoding import FormatTokens
-from rxapp.modelinfo import DEFAULT_STOP_THRESHOLD, ModelMismatchError, check_metadata, stop_threshold
+from rxapp.modelinfo import (
+    DEFAULT_STOP_THRESHOLD,
+    HF_METADATA,
+    ModelMismatchError,
+    check_metadata,
+    stop_threshold,
+)
 from rxapp.stepformat import encode_prompt
 
 GGUF_MAGIC = b"GGUF"
-HF_METADATA = "rx.json"  # beside config.json: the rxapp.modelinfo metadata of a Hugging Face folder
 QUANTIZATIONS = ("none", "4bit", "8bit")  # how an HF folder's weights are loaded (bitsandbytes), for a GPU
-
-
-def saved_stop_threshold(folder: Path) -> float:
-    """The stop threshold in a Hugging Face folder's rx.json (½ when the folder has none)."""
-    saved = folder / HF_METADATA
-    return stop_threshold(json.loads(saved.read_text()) if saved.exists() else {})
 
 
 class ModelLoadError(RuntimeError):
@@ -57,6 +56,12 @@ class Backend:
 
     def close(self) -> None:
         pass
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _shared_prefix(a: list[int], b: list[int]) -> int:

@@ -13,7 +13,7 @@ from rxapp.modelinfo import DEFAULT_STOP_THRESHOLD, ModelMismatchError
 from rxapp.stepformat import ADD, INDICATION, USAGE
 from rxapp.vocab import vocab
 
-MAX_HERBS = 50  # the longest training prescription has 43 herbs
+MAX_DECODED_HERBS = 50  # the stepper stops adding here; the longest training prescription has 43 herbs
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class FormatTokens:
         """Herb tokens added so far, in order."""
         return [t for prev, t in pairwise(generated) if prev == self.add]
 
-    def allowed(self, generated: list[int], max_herbs: int = MAX_HERBS) -> list[int] | None:
+    def allowed(self, generated: list[int], max_herbs: int = MAX_DECODED_HERBS) -> list[int] | None:
         """Token ids allowed after `generated` (the tokens since 【处方】 and its newline), or None where the format
         leaves the model free (explanations, 方解)."""
         if self.stop in generated:

@@ -4,7 +4,6 @@ A model that fails to load leaves the app running without one, with the reason t
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 import threading
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rxapp.backends import Backend, ModelLoadError, load_backend
-from rxapp.modelinfo import ModelMismatchError
+from rxapp.modelinfo import ModelMismatchError, file_sha256
 
 BACKENDS = ("auto", "llama", "hf")
 DEVICES = ("auto", "cpu", "gpu")
@@ -25,16 +24,6 @@ def gpu_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
-
-
-def file_sha256(path: Path) -> str:
-    """Of a file, or of every file of a folder in name order: the model's identity in the feedback records."""
-    digest = hashlib.sha256()
-    for part in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-        with part.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 CARD_IMAGE = re.compile(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)")

@@ -17,7 +17,7 @@ from itertools import chain
 import yaml
 
 from rxapp import ASSETS
-from rxapp.vocab import MAX_HERB_NAME, MAX_HERBS, HerbInputError, clean_text, vocab
+from rxapp.vocab import MAX_HERB_NAME, MAX_INPUT_HERBS, HerbInputError, clean_text, vocab
 
 RULES_FILE = ASSETS / "safety" / "rules.yaml"
 SEVERITIES = ("severe", "warning", "info")  # most severe first
@@ -125,8 +125,8 @@ def parse_prescription(text: str) -> list[tuple[str, float | None]]:
                 found[herb] = parse_dose(match["dose"]) if match["dose"] else None
             except DoseError as e:
                 raise DoseError(f"{name}: {e}") from None
-    if len(found) > MAX_HERBS:
-        raise HerbInputError(f"{len(found)} herbs given; a prescription here holds at most {MAX_HERBS}")
+    if len(found) > MAX_INPUT_HERBS:
+        raise HerbInputError(f"{len(found)} herbs given; a prescription here holds at most {MAX_INPUT_HERBS}")
     return list(found.items())
 
 

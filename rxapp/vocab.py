@@ -24,7 +24,7 @@ SEPARATORS = re.compile(r"[\s,，、;；。.!！?？:：/|+]+")
 MARKUP = re.compile(r"<[^<>]{0,100}>")
 
 
-MAX_HERBS = 60
+MAX_INPUT_HERBS = 60  # a herb list typed or pasted by the user; longer ones are refused as not a prescription
 MAX_HERB_NAME = 20
 
 
@@ -60,8 +60,8 @@ def split_herb_list(text: str | Iterable[str]) -> list[str]:
     herbs = _unique(h for h in SEPARATORS.split(clean_text(text)) if h)
     if not herbs:
         raise HerbInputError("no herbs given: enter names such as 附子 半夏")
-    if len(herbs) > MAX_HERBS:
-        raise HerbInputError(f"{len(herbs)} herbs given; a prescription here holds at most {MAX_HERBS}")
+    if len(herbs) > MAX_INPUT_HERBS:
+        raise HerbInputError(f"{len(herbs)} herbs given; a prescription here holds at most {MAX_INPUT_HERBS}")
     too_long = next((h for h in herbs if len(h) > MAX_HERB_NAME), None)
     if too_long:
         raise HerbInputError(f"not a herb name (over {MAX_HERB_NAME} characters): {too_long[:40]}…")

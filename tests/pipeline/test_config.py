@@ -23,3 +23,11 @@ def test_the_shipped_stage_must_be_a_trained_one(tmp_path):
     path.write_text("ship: small\n")
     with pytest.raises(ValueError, match="ship must be one of sft, dpo, grpo"):
         PipelineConfig.load(path)
+
+
+def test_the_defaults_are_the_shipped_model_settings():
+    # configs/default.yaml trained the shipped model; it overrides nothing, so a drift in a dataclass default would
+    # silently change what every other config inherits
+    shipped = PipelineConfig.load("configs/default.yaml").to_dict()
+    assert shipped == {**PipelineConfig().to_dict(), "name": "default"}
+    assert shipped["ship"] == "sft" and shipped["sft"]["set_loss"] == "sum" and shipped["sft"]["epochs"] == 2

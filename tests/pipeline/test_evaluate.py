@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.data import load_split
+from pipeline.data.records import load_split
 from pipeline.evaluate import Prediction, baseline_predictor, evaluate, format_table
 
 

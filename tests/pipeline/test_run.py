@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from pipeline.ship import ship
+from pipeline.release.ship import ship
 from rxapp.backends import load_backend
-from rxapp.engine import file_sha256
+from rxapp.modelinfo import file_sha256
 from tests.conftest import ROOT
 
 MICRO = ROOT / "configs" / "micro.yaml"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from gradio_client import Client
 
-from pipeline.data import load_split
+from pipeline.data.records import load_split
 from rxapp.engine import Engine
 from rxapp.feedback import FeedbackStore
 from rxapp.ui import build_app, launch_options

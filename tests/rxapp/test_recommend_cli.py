@@ -4,7 +4,8 @@ input and a missing model."""
 import json
 
 from rxapp import DEFAULT_MODEL
-from rxapp.engine import Engine, file_sha256, model_card
+from rxapp.engine import Engine, model_card
+from rxapp.modelinfo import file_sha256
 from rxapp.vocab import vocab
 
 

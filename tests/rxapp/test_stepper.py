@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.data import load_split
-from rxapp.backends import HF_METADATA, HFBackend, LlamaBackend, ModelLoadError, load_backend
+from pipeline.data.records import load_split
+from rxapp.backends import HFBackend, LlamaBackend, ModelLoadError, load_backend
 from rxapp.decoding import greedy_stop, stop_probability
-from rxapp.modelinfo import VOCABULARY_KEY, ModelMismatchError
+from rxapp.modelinfo import HF_METADATA, VOCABULARY_KEY, ModelMismatchError
 from rxapp.safety import Patient
 from rxapp.stepformat import parse_response
 from rxapp.stepper import Recommendation, Step, StepperConfig, choose, recommend, safety_cost

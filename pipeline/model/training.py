@@ -1,0 +1,59 @@
+"""What every training stage shares: process setup (seeds, torchrun), the label that carries no loss, saving a
+trained model, and tuning and recording its stop threshold."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from pipeline.model.generation import tune_stop_threshold
+from pipeline.model.llm import load_trained
+from rxapp.modelinfo import write_model_metadata
+
+IGNORE = -100  # the label of a position without loss (prompt tokens, padding), as torch's cross-entropy expects
+STOP_TUNING_CASES = 1000
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_distributed() -> tuple[int, int, str]:
+    """(rank, world size, device) under torchrun, or (0, 1, device) for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return rank, world, device
+
+
+def save_model(model, tokenizer, folder: Path) -> Path:
+    """A trained model's weights and tokenizer, as a Hugging Face folder."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tune_stopping(folder: Path, validation: list[dict], device: str) -> None:
+    """Tune a trained model's stop threshold on (the first STOP_TUNING_CASES of) validation and write it into the
+    model's metadata, which the evaluator, the exporter and the app read."""
+    model, tokenizer = load_trained(folder)
+    cases = validation[:STOP_TUNING_CASES]
+    threshold, score = tune_stop_threshold(model.to(device), tokenizer, [e["symptoms"] for e in cases],
+                                           [set(e["herbs"]) for e in cases])
+    write_model_metadata(folder, threshold)
+    tqdm.write(json.dumps({"stop_threshold": threshold, "val_Jaccard": round(score, 4), "cases": len(cases)}))

@@ -1,0 +1,199 @@
+"""The model card: a Markdown page beside an export (data, stages, metrics against the baselines and the published
+results, the app's safety α, the GRPO α sweep's table and plot, file hashes) that the app's model tab shows."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+from pipeline.config import GrpoConfig, PipelineConfig
+from pipeline.data.records import load_split
+from pipeline.evaluate import PUBLISHED
+from pipeline.runfolder import read_json, write_text
+from rxapp.modelinfo import file_sha256
+from rxapp.stepper import StepperConfig
+
+DEFAULT_STAGES = ("distill", "sft", "export")  # what `pipeline sft` then `pipeline export` produce
+CARD_COLUMNS = ("P@5", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate", "avg_herbs", "grounding",
+                "format_validity")
+
+
+def metrics_table(rows: Sequence[dict]) -> str:
+    """Markdown table of evaluation rows (missing metrics shown as —)."""
+    head = "| model | n | " + " | ".join(c.replace("_", " ") for c in CARD_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(CARD_COLUMNS) + 2)]
+    for r in rows:
+        cells = " | ".join(f"{r[c]:.4f}" if c in r else "—" for c in CARD_COLUMNS)
+        lines.append(f"| {r['model']} | {r.get('n', '—')} | {cells} |")
+    return "\n".join(lines)
+
+
+def export_files(folder: Path) -> list[Path]:
+    """The files of an export that the card lists with their hashes: the GGUFs and the hf/ folder's files."""
+    return sorted(folder.glob("*.gguf")) + sorted(p for p in (folder / "hf").glob("*") if p.is_file())
+
+
+def load_rows(paths: Sequence[Path]) -> list[dict]:
+    """Rows from evaluation JSON files (each holds one row or a list of rows)."""
+    rows: list[dict] = []
+    for path in paths:
+        document = read_json(path)
+        rows += document if isinstance(document, list) else [document]
+    return rows
+
+
+def stage_list(config: PipelineConfig, stages: Sequence[str]) -> str:
+    """One Markdown bullet per stage that produced the model, with the settings that shaped it."""
+    sft, prefs, dpo, grpo = config.sft, config.prefs, config.dpo, config.grpo
+    described = {
+        "distill": f"teacher distillation (`{config.teacher.kind}` teacher)",
+        "sft": f"SFT ({sft.epochs} epochs at most, lr {sft.lr}, weight decay {sft.weight_decay}, step order "
+               f"`{sft.order}`, herb targets `{sft.herb_targets}` with the `{sft.set_loss}` loss, teacher weight "
+               f"{sft.teacher_weight}, first-step copies of each record per epoch {sft.first_step_passes}, then "
+               f"{sft.ranking_passes} ranking pass(es) over first-step copies alone at lr {sft.ranking_lr}; the "
+               "checkpoint with the best validation F1@10 is kept)",
+        "small": f"the small BART of the preference stage ({config.small.layers} encoder and {config.small.layers} "
+                 f"decoder layers, d_model {config.small.d_model})",
+        "prefs": f"implicit preference pairs ({prefs.cases or 'all'} training cases × {prefs.samples} samples at "
+                 f"temperature {prefs.temperature}, Jaccard margin {prefs.margin}; rule in `pipeline/stages/prefs.py`)",
+        "dpo": f"DPO from the SFT model (β {dpo.beta}, lr {dpo.lr}, {dpo.epochs} epoch(s)"
+               + (", then KTO on the unpaired feedback, if any)" if dpo.kto else ")"),
+        "grpo": f"step-wise GRPO (α {grpo.alpha:g}, {grpo.updates} updates × {grpo.states} states × {grpo.group} "
+                f"rollouts, λ {grpo.step_weight}, clip {grpo.clip}, KL {grpo.kl}, lr {grpo.lr})",
+        "export": "export (merged HF folder, GGUF f16, Q8_0 and Q4_K_M)",
+    }
+    return "\n".join(f"  - {described[s]}" for s in stages if s in described)
+
+
+def tradeoff_section(rows: Sequence[dict], grpo: GrpoConfig) -> str:
+    """The GRPO α sweep: its table and plot (tradeoff.png beside the card), or nothing when none was run."""
+    if not rows:
+        return ""
+    return f"""
+## Incompatibility penalty α of step-wise GRPO
+Each α trains its own GRPO model from the same start, the first row ({grpo.updates} updates × {grpo.states} states ×
+{grpo.group} rollouts, κ {grpo.kl}, lr {grpo.lr}); each is scored as Q4_K_M through the app's stepper with the
+app's own safety cost off, so that only training moves the rate of prescriptions holding a 十八反/十九畏 pair. The
+Jaccard and average-herb columns show what GRPO does to the prescriptions' length.
+
+{tradeoff_table(rows)}
+
+![incompatibility rate against F1@10 for each α](tradeoff.png)
+"""
+
+
+def render_card(config: PipelineConfig, rows: Sequence[dict], files: Sequence[Path], stop_threshold: float,
+                stages: Sequence[str] = DEFAULT_STAGES, tradeoff: Sequence[dict] = ()) -> str:
+    counts = {s: len(load_split(s)) for s in ("train_full", "validation", "test")}
+    splits = sorted({r["split"] for r in rows})
+    shown = [{**r, "model": _label(r)} for r in rows]
+    published = [{"model": f"{name} (published)", **m} for name, m in PUBLISHED.items()]
+    model = config.model
+    architecture = (f"LoRA r={model.lora_r} on {model.base}" if model.base else
+                    f"Qwen2-shaped, trained from scratch with the domain tokenizer: hidden {model.hidden_size}, "
+                    f"{model.layers} layers, {model.heads} heads ({model.kv_heads} KV), MLP {model.intermediate_size}")
+    hashes = "\n".join(f"| `{f.name}` | {f.stat().st_size:,} | `{file_sha256(f)}` |" for f in files)
+    return f"""# rx model card: `{config.name}`
+
+**Decision support for a qualified TCM practitioner. It is not a diagnosis and not a prescription.** Every
+recommendation must be reviewed, and its safety warnings read, by the practitioner who treats the patient.
+
+## Data
+- Prescriptions: SMGCN (MIT), symptoms → herbs, the published split: {counts['train_full']:,} train (of which a
+  validation split of {counts['validation']:,} is carved out for model selection) and {counts['test']:,} test.
+- Herb knowledge (功效, 性味, 归经): KDHR knowledge graph (Apache-2.0). Explanations are written by the offline
+  knowledge teacher from these facts and from symptom–herb statistics of the training split only.
+- Safety rules (十八反, 十九畏, pregnancy, toxicity, dose limits): `assets/safety/`, each with its source.
+
+## Model and stages
+- {architecture}.
+- Stages run, in order:
+{stage_list(config, stages)}
+
+## Safety α
+The app decodes with α = {StepperConfig.alpha:g} (a logit cost per broken 十八反/十九畏 or pregnancy rule, doubled for
+severe ones) and never adds a herb that breaks a severe rule. The metrics below say which α each row used.
+
+## Stopping
+Greedy decoding stops once the model's probability that the prescription is still open falls to
+{stop_threshold:g} (tuned on validation; `rxapp.decoding.greedy_stop`).
+
+## Metrics ({", ".join(splits)} split)
+Rankings: every herb by the model's first-step probability (`rxapp.ranking`). Set metrics
+(Jaccard, incompatibility rate, average herbs) are on the prescription as generated. The statistical baselines
+(co-occurrence, kNN) are shown beside the model: where a model row is below them, the model ranks herbs less
+well than those statistics do.
+
+{metrics_table(shown)}
+
+Published results on the same test split (rankings only):
+
+{metrics_table(published)}
+{tradeoff_section(tradeoff, config.grpo)}
+## Files
+| file | bytes | sha256 |
+|---|---|---|
+{hashes}
+
+Written {date.today().isoformat()} by `python -m pipeline card`.
+"""
+
+
+def _label(row: dict) -> str:
+    """A model path's last two parts and how it was decoded; a baseline's name."""
+    path = Path(row["model"])
+    name = "/".join(path.parts[-2:]) if len(path.parts) > 1 else row["model"]
+    if "decoding" in row:
+        return f"{name} ({row['decoding']}, α={row.get('alpha', 0):g})"
+    return name + (" (batched greedy, α=0)" if len(path.parts) > 1 else "")
+
+
+def write_card(config: PipelineConfig, eval_files: Sequence[Path], model_files: Sequence[Path], out: Path,
+               stop_threshold: float, stages: Sequence[str] = DEFAULT_STAGES, tradeoff: Path | None = None) -> Path:
+    """Write `out` (card.md) atomically; with `tradeoff` (a tradeoff.json), its table and its plot (copied beside
+    the card) too."""
+    tradeoff_rows = []
+    if tradeoff:
+        tradeoff_rows = load_rows([tradeoff])
+        shutil.copyfile(tradeoff.with_suffix(".png"), out.with_name("tradeoff.png"))
+    write_text(render_card(config, load_rows(eval_files), model_files, stop_threshold, stages, tradeoff_rows), out)
+    return out
+
+
+def sweep_label(row: dict) -> str:
+    """A row of the α sweep: the start model or GRPO at its α."""
+    return "start (no GRPO)" if row["grpo_alpha"] is None else f"GRPO α={row['grpo_alpha']:g}"
+
+
+def tradeoff_table(rows: Sequence[dict]) -> str:
+    """Markdown: per model, F1@10, its change relative to α = 0, P@5, Jaccard, incompatibility rate and average
+    herbs."""
+    reference = next((r for r in rows if r["grpo_alpha"] == 0), None)
+    lines = ["| model | n | F1@10 | F1@10 vs α=0 | P@5 | Jaccard | holds a 十八反/十九畏 pair | avg herbs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        relative = f"{(r['F1@10'] / reference['F1@10'] - 1) * 100:+.1f} %" if reference else "—"
+        lines.append(f"| {sweep_label(r)} | {r['n']} | {r['F1@10']:.4f} | {relative} | {r['P@5']:.4f} | "
+                     f"{r['Jaccard']:.4f} | {r['incompat_rate'] * 100:.2f} % | {r['avg_herbs']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(rows: Sequence[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["incompat_rate"] * 100, r["F1@10"], marker="s" if r["grpo_alpha"] is None else "o")
+        ax.annotate(sweep_label(r), (r["incompat_rate"] * 100, r["F1@10"]), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
+    ax.set_xlabel("prescriptions holding an incompatible pair, 18 fan / 19 wei (%)")
+    ax.set_ylabel("F1@10")
+    ax.set_title(f"GRPO incompatibility penalty α ({rows[0]['split']} split, Q4_K_M, app α = 0)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,43 @@
+"""Stepper evaluation of an exported GGUF, and the model card written from its results."""
+
+import json
+import shutil
+
+from rxapp.engine import model_card
+from rxapp.modelinfo import HF_METADATA, file_sha256
+
+
+def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
+    gguf = micro_export / "model-q4_k_m.gguf"
+    out = tmp_path / "eval.json"
+    result = cli("-m", "pipeline", "evaluate", "--model", str(gguf), "--split", "test", "--limit", "8",
+                 "--alpha", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(out.read_text(encoding="utf-8"))
+    assert row["decoding"] == "stepper:llama" and row["alpha"] == 1 and row["n"] == 8
+    assert row["format_validity"] == 1.0 and 0 <= row["P@5"] <= 1  # the stepper only writes parseable steps
+
+    result = cli("-m", "pipeline", "card", "--export", str(micro_export), "--config", "configs/micro.yaml",
+                 "--eval", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = model_card(gguf)
+    assert card == (micro_export / "card.md").read_text(encoding="utf-8")
+    assert "not a diagnosis" in card and "TCMRGCL (published)" in card
+    assert f"{row['P@5']:.4f}" in card and "stepper:llama, α=1" in card
+    assert file_sha256(gguf) in card
+    assert model_card(micro_export / "hf") == card  # an export's hf/ folder shows the export's card
+
+    shipped = tmp_path / "gguf-only"  # a folder like assets/models/default: the GGUF without hf/
+    shipped.mkdir()
+    shutil.copyfile(gguf, shipped / gguf.name)
+    result = cli("-m", "pipeline", "card", "--export", str(shipped), "--config", "configs/micro.yaml",
+                 "--eval", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    threshold = json.loads((micro_export / "hf" / HF_METADATA).read_text())["rx.stop_threshold"]
+    assert f"falls to\n{threshold} (tuned" in model_card(shipped / gguf.name)  # read from the GGUF itself
+
+
+def test_card_needs_an_export(cli, tmp_path):
+    result = cli("-m", "pipeline", "card", "--export", str(tmp_path), "--config", "configs/micro.yaml",
+                 "--eval", str(tmp_path / "none.json"))
+    assert result.returncode == 2 and "no exported model" in result.stderr
