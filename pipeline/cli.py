@@ -144,7 +144,7 @@ def add_stage_commands(sub) -> None:
         parser.add_argument("--out", type=Path, required=True, help="the run folder it reads and writes")
         for option in stage.options:
             named = {} if {"action", "choices"} & option.settings.keys() else {"metavar": option.flag[2:].upper()}
-            parser.add_argument(option.flag, dest=option.dest.replace(".", "_"), **named, **option.settings)
+            parser.add_argument(option.flag, dest=option.dest.replace(".", "_"), **{**named, **option.settings})
         parser.set_defaults(run=run_one_stage, stage=stage)
 
 

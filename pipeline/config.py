@@ -103,7 +103,7 @@ class GrpoConfig:
     updates: int = 60
     states: int = 8  # states per update (per process under torchrun)
     group: int = 8  # G rollouts per state
-    alpha: float = 1.0  # incompatibility penalty in the potential Φ
+    alpha: float = 1.0  # the reward weight of the safety cost in the potential Φ (rxapp.safety.safety_cost)
     invalid_penalty: float = 0.1  # β: the cost of an invalid line
     step_weight: float = 0.5  # λ: weight of the step advantage beside the outcome advantage
     clip: float = 0.2  # ε of the clipped surrogate

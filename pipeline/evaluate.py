@@ -31,7 +31,7 @@ PUBLISHED = {
                 "F1@5": .2418, "F1@10": .2706, "F1@20": .2486},
 }
 COLUMNS = ("P@5", "P@10", "P@20", "R@5", "R@10", "R@20", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate",
-           "pairwise_incompat", "avg_herbs", "grounding", "format_validity")
+           "pairwise_incompat", "safety_cost", "avg_herbs", "grounding", "format_validity")
 KNN_KS = (5, 10, 20, 50, 100, 200)
 MAX_PRESCRIPTION = 20
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rxapp.safety import incompatible_pairs
+from rxapp.safety import incompatible_pairs, safety_cost
 
 KS = (5, 10, 20)
 
@@ -46,7 +46,8 @@ def prescription_metrics(prescriptions: Sequence[Sequence[str]], truths: Sequenc
     """Set metrics of the prescriptions themselves (not the rankings), averaged over prescriptions.
 
     incompat_rate: share of prescriptions holding at least one 十八反/十九畏 pair;
-    pairwise_incompat: FLAME's pairwise rate, averaged; avg_herbs: mean prescription length.
+    pairwise_incompat: FLAME's pairwise rate, averaged; safety_cost: the app's safety cost (rxapp.safety.safety_cost,
+    for a patient not known to be pregnant), averaged; avg_herbs: mean prescription length.
     """
     n = len(prescriptions)
     if n != len(truths) or not n:
@@ -56,5 +57,6 @@ def prescription_metrics(prescriptions: Sequence[Sequence[str]], truths: Sequenc
         "Jaccard": sum(jaccard(set(p), t) for p, t in zip(prescriptions, truths, strict=True)) / n,
         "incompat_rate": sum(c > 0 for c in pair_counts) / n,
         "pairwise_incompat": sum(_pair_rate(c, len(p)) for c, p in zip(pair_counts, prescriptions, strict=True)) / n,
+        "safety_cost": sum(safety_cost(p) for p in prescriptions) / n,
         "avg_herbs": sum(len(p) for p in prescriptions) / n,
     }

@@ -207,11 +207,27 @@ class Option:
             setattr(run, self.dest, value)
 
 
-START_MODEL = Option("--model", "start", {"type": Path, "help": "the model this stage starts from (default: the "
-                                                                 "run folder's; see pipeline.runfolder.start_model)"})
-RESUME = Option("--resume", "resume", {"action": "store_true", "help": "keep what an interrupted run finished"})
-FEEDBACK = Option("--from-feedback", "feedback", {"type": Path, "help": "the app's feedback database (rx.db) or "
-                                                                        "its JSONL export: its pairs join the data"})
+def start_model_option(default: str) -> Option:
+    return Option("--model", "start", {"type": Path, "help": f"the model it starts from (default: {default}, as in "
+                                                             "pipeline run; pipeline.runfolder.start_model)"})
+
+
+FROM_SFT = start_model_option("RUN/sft/best")
+FROM_PREFERENCE_STAGE = start_model_option("RUN/dpo/best when the run has one, else RUN/sft/best")
+FEEDBACK = Option("--from-feedback", "feedback", {"type": Path, "metavar": "FILE", "help": "the app's feedback "
+                                                  "database (rx.db) or its JSONL export: its pairs join the data"})
+SFT_OPTIONS = (Option("--resume", "resume", {"action": "store_true", "help": "continue from the last checkpoint"}),)
+GRPO_OPTIONS = (FROM_PREFERENCE_STAGE, Option("--alpha", "grpo.alpha", {
+    "type": float, "help": "the safety cost's reward weight α (default: the config's grpo.alpha)"}))
+SWEEP_OPTIONS = (
+    FROM_PREFERENCE_STAGE,
+    Option("--alphas", "evaluate.tradeoff_alphas", {"type": float, "nargs": "+", "help": "the α to sweep (default: "
+           f"the config's evaluate.tradeoff_alphas, else {' '.join(f'{a:g}' for a in SWEEP_ALPHAS)})"}),
+    Option("--split", "evaluate.split", {"choices": SPLITS, "help": "the split to score (default: the config's "
+                                         "evaluate.split)"}),
+    Option("--limit", "evaluate.limit", {"type": int, "help": "score the first N records only"}),
+    Option("--resume", "resume", {"action": "store_true", "help": "keep the α already trained"}),
+)
 
 
 @dataclass(frozen=True)
@@ -240,28 +256,20 @@ STAGES = (
           lambda c: asdict(c.teacher),
           lambda run: [KNOWLEDGE_FILE, VOCAB_DIR / "herbs.yaml", VOCAB_DIR / "symptoms.yaml"]),
     Stage("sft", "supervised fine-tuning on the distilled examples (torchrun for several ranks); RUN/sft/best",
-          sft, ("distill",), lambda c: [c.seed, asdict(c.model), asdict(c.sft)], options=(RESUME,)),
+          sft, ("distill",), lambda c: [c.seed, asdict(c.model), asdict(c.sft)], options=SFT_OPTIONS),
     Stage("small", "train the small BART (symptoms → herb list) of the preference stage; RUN/small/best", small,
           ("distill",), lambda c: [c.seed, asdict(c.small)], options=()),
     Stage("prefs", "preference pairs: LLM samples against the small BART (and clinician feedback); RUN/prefs/",
           prefs, ("sft", "small"), lambda c: [c.seed, asdict(c.prefs)],
-          lambda run: [run.feedback] if run.feedback else [], options=(START_MODEL, FEEDBACK)),
+          lambda run: [run.feedback] if run.feedback else [], options=(FROM_SFT, FEEDBACK)),
     Stage("dpo", "DPO (TRL) on RUN/prefs from the SFT model, which is also its reference; RUN/dpo/best", dpo,
-          ("prefs",), lambda c: [c.seed, asdict(c.dpo)], options=(START_MODEL,)),
-    Stage("grpo", "step-wise GRPO with reward shaping and incompatibility penalty α (torchrun for data parallel); "
+          ("prefs",), lambda c: [c.seed, asdict(c.dpo)], options=(FROM_SFT,)),
+    Stage("grpo", "step-wise GRPO with reward shaping and the safety cost's weight α (torchrun for data parallel); "
           "RUN/grpo-aα/best with log.json and curves.png", grpo, ("dpo",), lambda c: [c.seed, asdict(c.grpo)],
-          options=(START_MODEL, Option("--alpha", "grpo.alpha", {"type": float, "help": "the incompatibility "
-                                                                 "penalty α (default: the config's grpo.alpha)"}))),
-    Stage("tradeoff", "α sweep: GRPO per α (trained when missing), each scored with the start model through the "
-          "app's stepper; RUN/tradeoff.json and tradeoff.png", tradeoff, ("grpo",), lambda c: [asdict(c.evaluate)],
-          options=(START_MODEL,
-                   Option("--alphas", "evaluate.tradeoff_alphas",
-                          {"type": float, "nargs": "+", "help": "the α to sweep (default: the config's "
-                           f"evaluate.tradeoff_alphas, else {' '.join(f'{a:g}' for a in SWEEP_ALPHAS)})"}),
-                   Option("--split", "evaluate.split", {"choices": SPLITS, "help": "the split to score (default: "
-                                                        "the config's evaluate.split)"}),
-                   Option("--limit", "evaluate.limit", {"type": int, "help": "score the first N records only"}),
-                   Option("--resume", "resume", {"action": "store_true", "help": "keep the α already trained"}))),
+          options=GRPO_OPTIONS),
+    Stage("tradeoff", "α sweep: GRPO per α, each scored with the start model through the app's stepper; "
+          "RUN/tradeoff.json and tradeoff.png", tradeoff, ("grpo",), lambda c: [asdict(c.evaluate)],
+          options=SWEEP_OPTIONS),
     Stage("export", "the shipped stage's model as a merged HF folder and GGUFs", export, ("grpo",),
           lambda c: c.ship),
     Stage("evaluate", "every trained stage through the app's stepper, beside the baselines", evaluate,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache, lru_cache
 from itertools import chain
@@ -21,6 +21,7 @@ from rxapp.vocab import MAX_HERB_NAME, MAX_INPUT_HERBS, HerbInputError, clean_te
 
 RULES_FILE = ASSETS / "safety" / "rules.yaml"
 SEVERITIES = ("severe", "warning", "info")  # most severe first
+SEVERITY_COST = {"severe": 2.0, "warning": 1.0, "info": 0.0}  # what one broken rule costs (`safety_cost`)
 INCOMPATIBILITY_RULES = ("十八反", "十九畏")
 HERB_RULE_KINDS = ("pregnancy", "toxicity", "regulated", "withdrawn")
 MAX_DOSE_G = 250.0  # no single herb is dosed above this per day; larger numbers are typing errors
@@ -272,6 +273,21 @@ class SafetyRules:
 
 def _unverified(verified: bool) -> str:
     return "" if verified else "〔来源未核实〕"
+
+
+def warnings_cost(warnings: Iterable[SafetyWarning]) -> float:
+    return sum(SEVERITY_COST[w.severity] for w in warnings)
+
+
+def safety_cost(herbs: Sequence[str], patient: Patient = Patient()) -> float:
+    """The safety cost of a herb list for this patient, rx's one definition: every 十八反/十九畏 pair the list holds
+    and (for a pregnant patient) every herb under a pregnancy rule, each costing SEVERITY_COST of its severity. It
+    adds up herb by herb: the cost a herb brings is that of its `addition_risks`, which is what the stepper's screen
+    charges (×`StepperConfig.screen_weight`) before adding it; GRPO's potential subtracts the whole (×`grpo.alpha`);
+    the evaluator reports its mean."""
+    engine = rules()
+    return sum(warnings_cost(engine.addition_risks(list(herbs[:i]), patient).get(herb, ()))
+               for i, herb in enumerate(herbs))
 
 
 def incompatible_pairs(herbs: list[str]) -> int:

@@ -22,11 +22,10 @@ from rxapp.backends import Backend
 from rxapp.decoding import claim_targets, greedy_stop, stop_probability
 from rxapp.knowledge import HerbFacts, knowledge
 from rxapp.ranking import rank_herbs
-from rxapp.safety import Patient, SafetyWarning, rules
+from rxapp.safety import Patient, SafetyWarning, rules, warnings_cost
 from rxapp.stepformat import SUMMARY_HEADER, render_analysis, render_prompt, steps_prefix
 from rxapp.vocab import vocab
 
-SEVERITY_COST = {"severe": 2.0, "warning": 1.0, "info": 0.0}
 SUMMARY_RESERVE = 64  # tokens of context kept for the 方解 when deciding whether another step fits
 
 
@@ -102,15 +101,16 @@ def choose(logits: np.ndarray, allowed: Sequence[int] | None, cfg: StepperConfig
     return (pick if allowed is None else allowed[pick]), float(probability)
 
 
-def safety_cost(herbs: Sequence[int], current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
-    """Logit cost of adding each candidate herb (vocabulary order): α per broken rule, ∞ for a forbidden one."""
+def screen_costs(herbs: Sequence[int], current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
+    """The decoding screen: the logit cost of adding each candidate herb (vocabulary order), the safety cost it would
+    bring (rxapp.safety.safety_cost) × the screen weight, ∞ for a forbidden one."""
     cost = np.zeros(len(herbs))
     index = vocab().herb_id
     for herb, warnings in rules().addition_risks(current, patient).items():
         if cfg.forbid_severe and any(w.severity == "severe" for w in warnings):
             cost[index[herb]] = math.inf
         else:
-            cost[index[herb]] = cfg.alpha * sum(SEVERITY_COST[w.severity] for w in warnings)
+            cost[index[herb]] = cfg.alpha * warnings_cost(warnings)
     return cost
 
 
@@ -170,7 +170,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
         herb_logits = logits[list(fmt.herbs)]
         if first_scores is None:
             first_scores = herb_logits - np.logaddexp.reduce(herb_logits)
-        cost = safety_cost(fmt.herbs, result.herbs, patient, cfg)
+        cost = screen_costs(fmt.herbs, result.herbs, patient, cfg)
         cost[[vocab().herb_id[h] for h in result.herbs]] = math.inf  # each herb once
         if not np.isfinite(cost).any():
             ids.pop()  # every remaining herb is forbidden: stop here

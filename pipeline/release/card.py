@@ -16,7 +16,7 @@ from rxapp.modelinfo import file_sha256
 from rxapp.stepper import StepperConfig
 
 DEFAULT_STAGES = ("distill", "sft", "export")  # what `pipeline sft` then `pipeline export` produce
-CARD_COLUMNS = ("P@5", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate", "avg_herbs", "grounding",
+CARD_COLUMNS = ("P@5", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate", "safety_cost", "avg_herbs", "grounding",
                 "format_validity")
 
 

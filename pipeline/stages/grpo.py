@@ -1,5 +1,5 @@
-"""`pipeline grpo`: step-wise GRPO with potential-based reward shaping and an incompatibility penalty α (FLAME,
-methods.md §2), the project's own trainer because TRL has no per-step advantages.
+"""`pipeline grpo`: step-wise GRPO with potential-based reward shaping and a safety penalty α (FLAME, methods.md
+§2), the project's own trainer because TRL has no per-step advantages.
 
 A state is (patient, current list L0), written as the response up to 【处方】 plus one teacher-explained 加 line per
 herb of L0. States come from the policy's own rollouts (a prefix of the herbs one rollout added) and from
@@ -7,15 +7,18 @@ corrupted ground truth (true herbs dropped, plausible wrong ones added, as many 
 errors). From each state the policy samples G continuations without format constraints; each line is an action
 (加 herb, 减 herb, or an invalid line) and the stop token 【 (the 方解 header) stops.
 
-    Φ(L)   = Jaccard(L, truth) − α · incompatibility(L)
+    Φ(L)   = Jaccard(L, truth) − α · safety_cost(L)
     r_t    = Φ(L_t) − Φ(L_{t−1}) − β · [line t invalid]
     A_out  = group-normalised Σ_t r_t             (over the G rollouts of a state)
     A_step = group-normalised r_t                 (over every line of those G rollouts)
     A(tok) = A_out + λ · A_step(the token's line)  (tokens after the last line, such as the stop, get A_out)
     loss   = −min(ρA, clip(ρ, 1 ± ε)A) + κ · KL_k3(π ‖ π_ref), a mean over each rollout's tokens, then rollouts
 
-Jaccard is the accuracy term, as in FLAME. Incompatibility is a count (see `incompatibility`), not FLAME's pairwise
-rate. Under torchrun each process draws its own states and the gradients are averaged before each step.
+Jaccard is the accuracy term, as in FLAME. The safety cost is rx's one definition (rxapp.safety.safety_cost: each
+十八反/十九畏 pair and, for a pregnant patient, each pregnancy-rule herb, weighted by severity), the same the app's
+decoding screen charges. It is a sum, not FLAME's pairwise rate: one pair among 12 herbs is a rate of 1/66, less than
+one right herb earns in Jaccard, so the rate could not teach the policy to avoid pairs. Under torchrun each process
+draws its own states and the gradients are averaged before each step.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pipeline.model.llm import load_trained, lora_adapters, pad_rows
 from pipeline.model.training import save_model, seed_everything, setup_distributed, tune_stopping
 from pipeline.runfolder import RunFolder, read_jsonl, write_json
 from rxapp.modelinfo import saved_stop_threshold, write_model_metadata
-from rxapp.safety import Patient, incompatible_pairs, rules
+from rxapp.safety import Patient, incompatible_pairs, safety_cost
 from rxapp.stepformat import (
     SUMMARY_HEADER,
     encode_prompt,
@@ -63,19 +66,8 @@ class State:
     start: tuple[str, ...]  # L0
 
 
-def incompatibility(herbs: Sequence[str], pregnant: bool) -> float:
-    """十八反/十九畏 pairs in the list, plus (pregnant patients) herbs under a pregnancy rule. A count, not FLAME's
-    pairwise rate: one pair among 12 herbs is a rate of 1/66, less than one right herb earns in Jaccard, so the
-    rate could not teach the policy to avoid pairs."""
-    count = float(incompatible_pairs(list(herbs)))
-    if pregnant:
-        risky = rules().addition_risks([], Patient(pregnant=True))
-        count += sum(h in risky for h in herbs)
-    return count
-
-
 def potential(herbs: Sequence[str], state: State, alpha: float) -> float:
-    return jaccard(set(herbs), set(state.truth)) - alpha * incompatibility(herbs, state.pregnant)
+    return jaccard(set(herbs), set(state.truth)) - alpha * safety_cost(herbs, Patient(pregnant=state.pregnant))
 
 
 def line_rewards(state: State, lines: Sequence[str], cfg: GrpoConfig) -> tuple[list[float], list[bool], list[str]]:

@@ -37,6 +37,7 @@ def test_incompatibility_rates_and_average_size():
     assert m["incompat_rate"] == pytest.approx(3 / 4)  # 十八反 in 1 and 3, 十九畏 in 4
     assert m["pairwise_incompat"] == pytest.approx((1 / 3 + 0 + 2 / 3 + 1) / 4)
     assert m["avg_herbs"] == pytest.approx(10 / 4) and m["Jaccard"] == 1.0
+    assert m["safety_cost"] == pytest.approx((2 + 0 + 4 + 1) / 4)  # 十八反 severe (2 each), 十九畏 a warning (1)
     assert pairwise_incompatibility(["附子"]) == 0.0
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from rxapp.safety import DoseError, Patient, incompatible_pairs, parse_dose, parse_doses, rules
+from rxapp.safety import DoseError, Patient, incompatible_pairs, parse_dose, parse_doses, rules, safety_cost
 
 
 def severe_rules(herbs, pregnant=False, doses=None):
@@ -80,3 +80,13 @@ def test_dose_parsing():
     for items in (["附子"], ["当归=9"], ["=9"]):
         with pytest.raises(DoseError):
             parse_doses(items, ["附子"])
+
+
+def test_safety_cost_weighs_each_pair_and_pregnancy_rule_by_severity():
+    assert safety_cost(["甘草", "甘遂", "麻黄"]) == 2.0  # 十八反 (severe)
+    assert safety_cost(["人参", "五灵脂"]) == 1.0  # 十九畏 (a warning)
+    assert safety_cost(["甘草", "海藻", "甘遂", "人参", "五灵脂"]) == 5.0
+    assert safety_cost(["甘草", "当归"]) == 0.0 and safety_cost([]) == 0.0
+    assert safety_cost(["麝香"], Patient(pregnant=True)) == 2.0 and safety_cost(["麝香"]) == 0.0  # 妊娠禁用
+    # the order of the list does not matter: the cost of the whole is the sum of what each addition brings
+    assert safety_cost(["甘遂", "麻黄", "甘草"]) == safety_cost(["甘草", "甘遂", "麻黄"])

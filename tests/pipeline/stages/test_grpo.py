@@ -11,7 +11,7 @@ import torch
 
 from pipeline.config import GrpoConfig
 from pipeline.metrics import jaccard
-from pipeline.stages.grpo import State, grpo_loss, incompatibility, line_rewards, potential, token_advantages
+from pipeline.stages.grpo import State, grpo_loss, line_rewards, potential, token_advantages
 from rxapp.engine import model_card
 from rxapp.modelinfo import saved_stop_threshold, write_model_metadata
 from tests.conftest import ROOT
@@ -32,13 +32,12 @@ def test_step_rewards_telescope_to_the_change_in_potential_and_charge_invalid_li
     assert sum(rewards) == pytest.approx(potential(final, s, 1.0) - potential(["桂枝"], s, 1.0) - 0.2)
 
 
-def test_incompatibility_counts_pairs_and_pregnancy_rules_and_alpha_prices_them():
-    assert incompatibility(["甘草", "甘遂", "麻黄"], False) == 1  # 十八反: 甘草反甘遂
-    assert incompatibility(["甘草", "麻黄"], False) == 0
-    assert incompatibility(["麝香"], True) == 1 and incompatibility(["麝香"], False) == 0  # 妊娠禁用
+def test_the_potential_prices_the_apps_safety_cost_by_alpha():
     truth = {"甘草", "甘遂"}
     assert potential(["甘草", "甘遂"], state(truth), 0.0) == 1.0
-    assert potential(["甘草", "甘遂"], state(truth), 2.0) == -1.0
+    assert potential(["甘草", "甘遂"], state(truth), 2.0) == 1.0 - 2.0 * 2.0  # 十八反 is severe: a cost of 2
+    assert potential(["麝香"], state({"麝香"}, pregnant=True), 1.0) == 1.0 - 2.0  # 妊娠禁用, severe
+    assert potential(["麝香"], state({"麝香"}), 1.0) == 1.0
 
 
 def test_token_advantage_is_the_outcome_plus_lambda_times_the_step_advantage_of_its_line():
