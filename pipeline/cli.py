@@ -62,7 +62,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from pipeline.runfolder import write_json
 
     if args.model:
-        rows = [evaluate_model(path, args.split, args.limit, args.stepper, args.alpha) for path in args.model]
+        rows = [evaluate_model(path, args.split, args.limit, args.stepper, args.screen_weight) for path in args.model]
         rows += differences(rows)
         compared = [evaluate_baseline(name, args.split, args.limit) for name in BASELINES]
         first = args.model[0]
@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "adds each one's difference from the first")
     evaluate.add_argument("--stepper", choices=["llama", "hf"],
                           help="decode with the app's stepper on this backend (a .gguf model always does)")
-    evaluate.add_argument("--alpha", type=float, default=0.0, help="the stepper's safety cost α (default 0: none)")
+    evaluate.add_argument("--screen-weight", type=float, default=0.0,
+                          help="the stepper's safety screen weight (default 0: none)")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N records only (quick checks)")
     evaluate.add_argument("--split", default="test", choices=SPLITS)
     evaluate.add_argument("--out", type=Path, help="JSON file to write (default: runs/evaluate/NAME-SPLIT.json for "

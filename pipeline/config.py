@@ -127,7 +127,7 @@ class EvaluateConfig:
 
     split: str = "test"
     limit: int | None = None  # the first N records only (micro config)
-    alpha: float = 0.0  # the stepper's own safety cost while scoring (0: what training alone achieves)
+    screen_weight: float = 0.0  # the stepper's safety screen while scoring (0: what training alone achieves)
     tradeoff_alphas: list[float] = field(default_factory=list)  # GRPO α sweep for the model card (empty: none)
 
 

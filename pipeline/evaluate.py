@@ -142,12 +142,12 @@ def small_predictor(path: Path) -> Predictor:
     return predict
 
 
-def stepper_predictor(model: Backend, name: str, alpha: float = 0.0) -> Predictor:
-    """A model the app has loaded, run through the app's own stepper (greedy, safety cost `alpha`): what a
-    practitioner would see, for comparing exports and precisions."""
+def stepper_predictor(model: Backend, name: str, screen_weight: float = 0.0) -> Predictor:
+    """A model the app has loaded, run through the app's own stepper (greedy, safety screen `screen_weight`): what
+    a practitioner would see, for comparing exports and precisions."""
     from rxapp.stepper import Recommendation, StepperConfig, recommend
 
-    cfg = StepperConfig(alpha=alpha, forbid_severe=alpha > 0)
+    cfg = StepperConfig(screen_weight=screen_weight, forbid_severe=screen_weight > 0)
 
     def predict(records: Sequence[Record]) -> list[Prediction]:
         out = []
@@ -160,7 +160,7 @@ def stepper_predictor(model: Backend, name: str, alpha: float = 0.0) -> Predicto
 
 
 def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: str | None = None,
-                   alpha: float = 0.0) -> dict:
+                   screen_weight: float = 0.0) -> dict:
     """A trained model on `split`: batched generation for a training folder, or the app's stepper on the
     `stepper` backend ("llama" or "hf"; a .gguf file always takes this path)."""
     from pipeline.model.bart import is_small_model
@@ -173,11 +173,11 @@ def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: st
         metrics = evaluate(small_predictor(path), records)
     elif stepper:
         with load_backend(path, stepper) as backend:
-            metrics = evaluate(stepper_predictor(backend, path.name, alpha), records)
+            metrics = evaluate(stepper_predictor(backend, path.name, screen_weight), records)
     else:
         metrics = evaluate(model_predictor(path), records)
     row = {"model": str(path), "split": split, "n": len(records), **metrics}
-    return row | ({"decoding": f"stepper:{stepper}", "alpha": alpha} if stepper else {})
+    return row | ({"decoding": f"stepper:{stepper}", "screen_weight": screen_weight} if stepper else {})
 
 
 def differences(rows: list[dict]) -> list[dict]:

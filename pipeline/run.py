@@ -162,7 +162,7 @@ def evaluate(run: Run) -> dict:
         else:
             best = run.folder.best(stage, run.cfg.grpo.alpha)
             models[name] = shipped_gguf(best, best.parent / "export")
-    rows = [evaluate_model(gguf, settings.split, settings.limit, "llama", settings.alpha) | {"model": name}
+    rows = [evaluate_model(gguf, settings.split, settings.limit, "llama", settings.screen_weight) | {"model": name}
             for name, gguf in models.items()]
     rows += differences(rows)
     rows += [evaluate_baseline(name, settings.split, settings.limit) for name in BASELINES]

@@ -40,7 +40,8 @@ def run_recommend(args: argparse.Namespace) -> int:
     from rxapp.backends import load_backend
     from rxapp.stepper import warm_up
 
-    cfg = StepperConfig(alpha=args.alpha, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    cfg = StepperConfig(screen_weight=args.screen_weight, temperature=args.temperature, top_p=args.top_p,
+                        seed=args.seed)
     backend = load_backend(args.model, args.backend, n_gpu_layers=args.n_gpu_layers,
                            quantization=args.quantization)
     warm_up()
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--batch", type=Path, help='JSONL, one {"id", "symptoms", "pregnant"} per line; one JSON '
                       "line out per line in, in order")
     rec.add_argument("--pregnant", action="store_true", help="apply the pregnancy rules")
-    rec.add_argument("--alpha", type=float, default=StepperConfig.alpha,
+    rec.add_argument("--screen-weight", type=float, default=StepperConfig.screen_weight,
                      help="logit cost per broken safety rule (default %(default)g)")
     rec.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     rec.add_argument("--top-p", type=float, default=1.0)

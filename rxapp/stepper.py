@@ -2,10 +2,10 @@
 
 The 症状分析 restates the recognised symptoms, so it is given. Then, for each step, the next herb is drawn from the
 vocabulary herbs not yet prescribed, after the safety engine has screened every candidate against the current list
-and the patient: each 十八反/十九畏 pair or pregnancy rule that an addition would break costs its logit α (2α when
-severe), and a severe one forbids it outright unless `forbid_severe` is off. The model then writes the step's
-explanation (its 主治/用于 claims can only name this patient's symptoms) and decides whether to add another herb or
-stop, and finally writes the 方解.
+and the patient: each 十八反/十九畏 pair or pregnancy rule that an addition would break costs its logit the
+screen weight (twice when severe), and a severe one forbids it outright unless `forbid_severe` is off. The model
+then writes the step's explanation (its 主治/用于 claims can only name this patient's symptoms) and decides whether
+to add another herb or stop, and finally writes the 方解.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ SUMMARY_RESERVE = 64  # tokens of context kept for the 方解 when deciding whet
 
 @dataclass
 class StepperConfig:
-    alpha: float = 4.0  # logit cost per broken rule (severe: twice); 0 leaves the model's choice untouched
-    forbid_severe: bool = True  # severe additions are never made, whatever α
+    screen_weight: float = 4.0  # logit cost per broken rule (severe: twice); 0 leaves the model's choice untouched
+    forbid_severe: bool = True  # severe additions are never made, whatever the screen weight
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
@@ -110,7 +110,7 @@ def screen_costs(herbs: Sequence[int], current: list[str], patient: Patient, cfg
         if cfg.forbid_severe and any(w.severity == "severe" for w in warnings):
             cost[index[herb]] = math.inf
         else:
-            cost[index[herb]] = cfg.alpha * warnings_cost(warnings)
+            cost[index[herb]] = cfg.screen_weight * warnings_cost(warnings)
     return cost
 
 

@@ -122,7 +122,7 @@ def session_record(final: Recommendation, text: str, unrecognised: list[str], pr
 def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
     warm_up()
 
-    def run(text, picked, pregnant, age_group, sex, notes, alpha, max_herbs, decoding, temperature, seed):
+    def run(text, picked, pregnant, age_group, sex, notes, screen_weight, max_herbs, decoding, temperature, seed):
         skip = (gr.skip(),) * 5
         try:
             parsed = vocab().parse_symptoms([text or "", *(picked or [])])
@@ -133,7 +133,7 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
             unknown = "、".join(parsed.unrecognised[:5])
             yield message(f"没有识别出词表中的症状（未识别：{unknown}）。No known symptom."), "", *skip
             return
-        cfg = StepperConfig(alpha=float(alpha), max_herbs=int(max_herbs), seed=int(seed or 0),
+        cfg = StepperConfig(screen_weight=float(screen_weight), max_herbs=int(max_herbs), seed=int(seed or 0),
                             temperature=float(temperature) if decoding == DECODING[1] else 0.0)
         with engine.lock:
             if engine.model is None:
@@ -225,8 +225,8 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
                     notes = gr.Textbox(label="备注 Notes（仅存于本地数据库）", lines=2)
             with gr.Accordion("设置 Settings", open=False):
                 with gr.Row():
-                    alpha = gr.Slider(0, 10, value=StepperConfig.alpha, step=0.5,
-                                      label="安全惩罚 α（每条配伍/妊娠规则降低的 logit）")
+                    screen_weight = gr.Slider(0, 10, value=StepperConfig.screen_weight, step=0.5,
+                                      label="安全筛查权重 Screen weight（每条配伍/妊娠规则降低的 logit）")
                     max_herbs = gr.Slider(1, StepperConfig.max_herbs, value=20, step=1, label="最多药味 Max herbs")
                 with gr.Row():
                     decoding = gr.Radio(list(DECODING), value=DECODING[0], label="解码 Decoding")
@@ -249,9 +249,10 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
                 save_status = gr.Markdown(elem_id="rx-save-status")
             gr.on([text.change, picked.change], parse_symptoms, [text, picked], recognised, api_name="recognise",
                   api_visibility="undocumented")
-            go.click(run, [text, picked, pregnant, age_group, sex, notes, alpha, max_herbs, decoding, temperature,
-                           seed], [output, session_id, accepted, rejected, prescription, prescription_safety,
-                                   save_status], api_name="recommend", concurrency_id="model", concurrency_limit=1)
+            go.click(run, [text, picked, pregnant, age_group, sex, notes, screen_weight, max_herbs, decoding,
+                           temperature, seed],
+                     [output, session_id, accepted, rejected, prescription, prescription_safety, save_status],
+                     api_name="recommend", concurrency_id="model", concurrency_limit=1)
             gr.on([prescription.change, pregnant.change], recheck, [prescription, pregnant], prescription_safety,
                   api_name="recheck")
             save_button.click(save, [session_id, accepted, rejected, prescription, pregnant, rating, comment],

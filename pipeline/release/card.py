@@ -112,9 +112,10 @@ recommendation must be reviewed, and its safety warnings read, by the practition
 - Stages run, in order:
 {stage_list(config, stages)}
 
-## Safety α
-The app decodes with α = {StepperConfig.alpha:g} (a logit cost per broken 十八反/十九畏 or pregnancy rule, doubled for
-severe ones) and never adds a herb that breaks a severe rule. The metrics below say which α each row used.
+## Safety screen
+The app decodes with a screen weight of {StepperConfig.screen_weight:g} (a logit cost per broken 十八反/十九畏 or
+pregnancy rule, doubled for severe ones) and never adds a herb that breaks a severe rule. The metrics below say which
+screen weight each row used.
 
 ## Stopping
 Greedy decoding stops once the model's probability that the prescription is still open falls to
@@ -146,8 +147,8 @@ def _label(row: dict) -> str:
     path = Path(row["model"])
     name = "/".join(path.parts[-2:]) if len(path.parts) > 1 else row["model"]
     if "decoding" in row:
-        return f"{name} ({row['decoding']}, α={row.get('alpha', 0):g})"
-    return name + (" (batched greedy, α=0)" if len(path.parts) > 1 else "")
+        return f"{name} ({row['decoding']}, screen {row.get('screen_weight', 0):g})"
+    return name + (" (batched greedy, no screen)" if len(path.parts) > 1 else "")
 
 
 def write_card(config: PipelineConfig, eval_files: Sequence[Path], model_files: Sequence[Path], out: Path,
@@ -193,7 +194,7 @@ def plot_tradeoff(rows: Sequence[dict], path: Path) -> None:
                     fontsize=8)
     ax.set_xlabel("prescriptions holding an incompatible pair, 18 fan / 19 wei (%)")
     ax.set_ylabel("F1@10")
-    ax.set_title(f"GRPO incompatibility penalty α ({rows[0]['split']} split, Q4_K_M, app α = 0)")
+    ax.set_title(f"GRPO incompatibility penalty α ({rows[0]['split']} split, Q4_K_M, app screen off)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,7 +13,8 @@ def session(herbs=("麻黄", "桂枝", "甘草")) -> SessionRecord:
     steps = [{"index": i, "herb": h, "explanation": f"{h}：主治 恶寒", "probability": 0.5, "warnings": []}
              for i, h in enumerate(herbs, 1)]
     return SessionRecord("恶寒发热，头痛", ["恶寒发热", "头痛"], [], False, "成人 14–64", "女", "patient name here",
-                         "model.gguf", "ab" * 32, "llama", {"alpha": 4.0}, "主症：恶寒发热、头痛", "…", "方解", steps)
+                         "model.gguf", "ab" * 32, "llama", {"screen_weight": 4.0}, "主症：恶寒发热、头痛", "…", "方解",
+                         steps)
 
 
 def test_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path):

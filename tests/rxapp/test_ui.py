@@ -21,7 +21,7 @@ from rxapp.ui import DECODING, build_app, launch_options
 from tests.conftest import ROOT
 from tests.rxapp.conftest import feedback_rows, free_port
 
-SETTINGS = (False, "未填", "未填", "", 4.0, 20, DECODING[0], 0.7, 0)  # pregnant, age, sex, notes, α, max herbs, …
+SETTINGS = (False, "未填", "未填", "", 4.0, 20, DECODING[0], 0.7, 0)  # pregnant, age, sex, notes, screen, max herbs, …
 
 
 def recommend(client, text, picked=()):

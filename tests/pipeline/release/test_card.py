@@ -11,10 +11,10 @@ def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
     gguf = micro_export / "model-q4_k_m.gguf"
     out = tmp_path / "eval.json"
     result = cli("-m", "pipeline", "evaluate", "--model", str(gguf), "--split", "test", "--limit", "8",
-                 "--alpha", "1", "--out", str(out))
+                 "--screen-weight", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads(out.read_text(encoding="utf-8"))
-    assert row["decoding"] == "stepper:llama" and row["alpha"] == 1 and row["n"] == 8
+    assert row["decoding"] == "stepper:llama" and row["screen_weight"] == 1 and row["n"] == 8
     assert row["format_validity"] == 1.0 and 0 <= row["P@5"] <= 1  # the stepper only writes parseable steps
 
     result = cli("-m", "pipeline", "card", "--export", str(micro_export), "--config", "configs/micro.yaml",
@@ -23,7 +23,7 @@ def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
     card = model_card(gguf)
     assert card == (micro_export / "card.md").read_text(encoding="utf-8")
     assert "not a diagnosis" in card and "TCMRGCL (published)" in card
-    assert f"{row['P@5']:.4f}" in card and "stepper:llama, α=1" in card
+    assert f"{row['P@5']:.4f}" in card and "stepper:llama, screen 1" in card
     assert file_sha256(gguf) in card
     assert model_card(micro_export / "hf") == card  # an export's hf/ folder shows the export's card
 

@@ -120,7 +120,7 @@ def test_tradeoff_scores_the_start_and_each_alpha_and_plots_them(micro_run):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((micro_run / "tradeoff.json").read_text())
     assert [r["grpo_alpha"] for r in rows] == [None, 0.5] and all(r["n"] == 8 for r in rows)
-    assert all(r["decoding"] == "stepper:llama" and r["alpha"] == 0.0 for r in rows)
+    assert all(r["decoding"] == "stepper:llama" and r["screen_weight"] == 0.0 for r in rows)
     assert "GRPO α=0.5" in result.stdout and "start (no GRPO)" in result.stdout
     assert (micro_run / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
