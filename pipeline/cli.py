@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.data.baselines import BASELINES
 from pipeline.data.llm_teacher import TeacherError
-from pipeline.data.records import SPLITS
+from pipeline.data.records import HERB_LISTS, SPLITS
 from pipeline.release.card import DEFAULT_STAGES
 from pipeline.release.export import QUANTISATIONS
 from pipeline.run import STAGE_NAMES, STAGES
@@ -50,6 +50,26 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_artefacts(args: argparse.Namespace) -> int:
+    from pipeline.data.artefacts import differences, find_artefacts
+    from pipeline.data.records import load_split
+    from rxapp.vocab import vocab
+
+    records = load_split("train_full")
+    found = find_artefacts(records)
+    for token, longer in sorted(found.items(), key=lambda item: -sum(c for c, _ in item[1].values())):
+        artefact = vocab().artefacts.get(token)
+        meaning = f"{artefact.certainty} {artefact.means or ''}".strip() if artefact else "not in the map"
+        print(f"{token}\t" + "、".join(f"{n} {covered}/{lists}" for n, (lists, covered) in longer.items())
+              + f"\talone: {meaning}")
+    problems = differences(records)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{len(found)} artefact tokens found by the rule; assets/vocab/artefacts.yaml "
+          + ("agrees" if not problems else f"disagrees in {len(problems)} place(s)"), file=sys.stderr)
+    return 1 if problems else 0
+
+
 def run_unpack(args: argparse.Namespace) -> int:
     from pipeline.release.unpack import unpack
 
@@ -61,22 +81,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import differences, evaluate_baseline, evaluate_model, format_table, reference_row
     from pipeline.runfolder import write_json
 
+    views = args.lists
     if args.model:
-        rows = [evaluate_model(path, args.split, args.limit, args.stepper, args.screen_weight) for path in args.model]
+        rows = [row for path in args.model
+                for row in evaluate_model(path, args.split, args.limit, args.stepper, args.screen_weight, views)]
         rows += differences(rows)
-        compared = [evaluate_baseline(name, args.split, args.limit) for name in BASELINES]
+        compared = [evaluate_baseline(name, args.split, args.limit, view) for view in views for name in BASELINES]
         first = args.model[0]
         name = f"eval-{args.split}" + (f"-stepper-{first.stem}" if rows[0].get("decoding") else "")
         default = (first if first.is_dir() else first.parent) / f"{name}.json"
-        out = args.out or (default if len(rows) == 1 else Path("runs") / "evaluate" / f"models-{args.split}.json")
+        out = args.out or (default if len(args.model) == 1 else Path("runs") / "evaluate" / f"models-{args.split}.json")
     else:
         names = list(BASELINES) if "all" in args.baseline else list(dict.fromkeys(args.baseline))
-        rows = [evaluate_baseline(name, args.split, args.limit) for name in names]
+        rows = [evaluate_baseline(name, args.split, args.limit, view) for view in views for name in names]
         compared = []
         out = args.out or Path("runs") / "evaluate" / f"{'-'.join(names)}-{args.split}.json"
     document = rows[0] if len(rows) == 1 else rows
     write_json(document, out)
-    table = format_table([*rows, *compared, reference_row(args.split, args.limit)], args.split)
+    shown = [*rows, *compared, *(reference_row(args.split, args.limit, view) for view in views)]
+    table = "\n\n".join(format_table(shown, args.split, view) for view in views)
     if args.json:
         print(table, file=sys.stderr)
         print(json.dumps(document, ensure_ascii=False, indent=2))
@@ -187,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quant", nargs="*", default=list(QUANTISATIONS), choices=QUANTISATIONS,
                         help="quantisations to make (default: %(default)s)")
     export.set_defaults(run=run_export)
+    artefacts = sub.add_parser("artefacts", help="find the herb lists' substring artefacts by the rule and check "
+                               "them against assets/vocab/artefacts.yaml (exit 1 where they disagree)")
+    artefacts.set_defaults(run=run_artefacts)
     unpack = sub.add_parser("unpack", help="a domain-model GGUF (e.g. the shipped default) back into a trainable HF "
                             "folder, dequantised to fp32, for --model of grpo, dpo or tradeoff")
     unpack.add_argument("--gguf", type=Path, default=DEFAULT_MODEL, help="the GGUF (default: %(default)s)")
@@ -204,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the stepper's safety screen weight (default 0: none)")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N records only (quick checks)")
     evaluate.add_argument("--split", default="test", choices=SPLITS)
+    evaluate.add_argument("--lists", nargs="+", default=list(HERB_LISTS), choices=HERB_LISTS,
+                          help="score on the herb lists as published (raw: comparable with the published results), "
+                          "cleaned of their substring artefacts (clean), or both (default)")
     evaluate.add_argument("--out", type=Path, help="JSON file to write (default: runs/evaluate/NAME-SPLIT.json for "
                           "baselines, MODEL/eval-SPLIT.json for a model, runs/evaluate/models-SPLIT.json for several)")
     evaluate.add_argument("--json", action="store_true",

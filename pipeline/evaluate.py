@@ -1,6 +1,7 @@
 """The one evaluator: every recommender (the baselines, the small BART, a trained model folder, or any model the app
 loads, through the app's own stepper) is scored by `evaluate` on the same split with the same metrics, and shown
-beside the published results on this split."""
+beside the published results on this split. Each split is scored on its herb lists as published (raw, comparable
+with the published results) and cleaned of their substring artefacts (clean: what a practitioner would count)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.data.baselines import BASELINES, KNN, rank
-from pipeline.data.records import Record, load_split
+from pipeline.data.records import HERB_LISTS, Record, load_split
 from pipeline.data.teacher import TrainStats, claim_is_grounded
-from pipeline.metrics import jaccard, prescription_metrics, ranking_metrics
+from pipeline.metrics import jaccard, names_a_drug_twice, prescription_metrics, ranking_metrics
 from rxapp.backends import Backend
 from rxapp.modelinfo import saved_stop_threshold
 from rxapp.ranking import rank_herbs
 from rxapp.stepformat import Response, explanation_claims, parse_response
+from rxapp.vocab import vocab
 
 # Published results on this exact split (TCMRGCL paper, 2025; methods.md §3). Rankings only, no set metrics.
 PUBLISHED = {
@@ -31,7 +33,7 @@ PUBLISHED = {
                 "F1@5": .2418, "F1@10": .2706, "F1@20": .2486},
 }
 COLUMNS = ("P@5", "P@10", "P@20", "R@5", "R@10", "R@20", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate",
-           "pairwise_incompat", "safety_cost", "avg_herbs", "grounding", "format_validity")
+           "pairwise_incompat", "safety_cost", "two_names", "avg_herbs", "grounding", "format_validity")
 KNN_KS = (5, 10, 20, 50, 100, 200)
 MAX_PRESCRIPTION = 20
 
@@ -46,16 +48,34 @@ class Prediction:
 Predictor = Callable[[Sequence[Record]], list[Prediction]]
 
 
-def evaluate(predict: Predictor, records: Sequence[Record]) -> dict[str, float]:
-    """Ranking metrics of the predictions' rankings and set metrics of their prescriptions."""
-    predictions = predict(records)
-    truths = [set(r.herbs) for r in records]
+def cleaned(prediction: Prediction) -> Prediction:
+    """A prediction named as the cleaned lists name herbs: its ranking by each drug's one name (its best place
+    kept), its prescription cleaned (rxapp.vocab.Vocab.clean_herbs)."""
+    v = vocab()
+    return Prediction(list(dict.fromkeys(map(v.identity, prediction.ranking))), v.clean_herbs(prediction.prescription),
+                      prediction.response)
+
+
+def evaluate(predict: Predictor, records: Sequence[Record], lists: str = "raw") -> dict[str, float]:
+    """Ranking metrics of the predictions' rankings and set metrics of their prescriptions, against `records`
+    holding `lists` herb lists."""
+    return score(predict(records), records, lists)
+
+
+def score(predictions: Sequence[Prediction], records: Sequence[Record], lists: str = "raw") -> dict[str, float]:
+    """`evaluate` for predictions already made; on clean lists they are scored cleaned, except `two_names`, which
+    counts the prescriptions as written."""
     short = [i for i, p in enumerate(predictions) if len(p.ranking) < max(20, len(p.prescription))]
     if short:
         raise ValueError(f"{len(short)} rankings hold fewer than 20 herbs (first: {records[short[0]].id})")
+    written = predictions
+    if lists == "clean":
+        predictions = [cleaned(p) for p in predictions]
+    truths = [set(r.herbs) for r in records]
     metrics = {
         **ranking_metrics([p.ranking for p in predictions], truths),
         **prescription_metrics([p.prescription for p in predictions], truths),
+        "two_names": sum(names_a_drug_twice(p.prescription) for p in written) / len(written),
     }
     responses = [p.response for p in predictions if p.response is not None]
     if responses:
@@ -80,10 +100,10 @@ def baseline_predictor(name: str, train: Sequence[Record], size: int, k: int | N
     return predict
 
 
-def tune_baseline(name: str) -> dict[str, int]:
+def tune_baseline(name: str, lists: str = "raw") -> dict[str, int]:
     """Settings chosen on the validation split (fit on train without it): kNN's k by F1@10, then the prescription
     size by Jaccard."""
-    train, validation = load_split("train"), load_split("validation")
+    train, validation = load_split("train", lists), load_split("validation", lists)
     truths = [set(r.herbs) for r in validation]
     settings: dict[str, int] = {}
     if name == "knn":
@@ -99,14 +119,14 @@ def tune_baseline(name: str) -> dict[str, int]:
     return settings
 
 
-def evaluate_baseline(name: str, split: str, limit: int | None = None) -> dict:
+def evaluate_baseline(name: str, split: str, limit: int | None = None, lists: str = "raw") -> dict:
     """Tune on validation, fit on the published train file (train without validation when scoring validation
-    itself), and evaluate on `split` (its first `limit` records, if given)."""
-    settings = tune_baseline(name)
-    train = load_split("train" if split == "validation" else "train_full")
-    records = load_split(split)[:limit]
-    metrics = evaluate(baseline_predictor(name, train, settings["size"], settings.get("k")), records)
-    return {"model": name, "split": split, "n": len(records), **metrics, "settings": settings}
+    itself), and evaluate on `split` (its first `limit` records, if given), all with `lists` herb lists."""
+    settings = tune_baseline(name, lists)
+    train = load_split("train" if split == "validation" else "train_full", lists)
+    records = load_split(split, lists)[:limit]
+    metrics = evaluate(baseline_predictor(name, train, settings["size"], settings.get("k")), records, lists)
+    return {"model": name, "split": split, "lists": lists, "n": len(records), **metrics, "settings": settings}
 
 
 def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
@@ -160,9 +180,10 @@ def stepper_predictor(model: Backend, name: str, screen_weight: float = 0.0) -> 
 
 
 def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: str | None = None,
-                   screen_weight: float = 0.0) -> dict:
-    """A trained model on `split`: batched generation for a training folder, or the app's stepper on the
-    `stepper` backend ("llama" or "hf"; a .gguf file always takes this path)."""
+                   screen_weight: float = 0.0, lists: Sequence[str] = HERB_LISTS) -> list[dict]:
+    """A trained model on `split`, one row per herb-list view in `lists` from one set of predictions: batched
+    generation for a training folder, or the app's stepper on the `stepper` backend ("llama" or "hf"; a .gguf file
+    always takes this path)."""
     from pipeline.model.bart import is_small_model
     from rxapp.backends import load_backend
 
@@ -170,40 +191,45 @@ def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: st
     if path.suffix == ".gguf":
         stepper = stepper or "llama"
     if is_small_model(path):
-        metrics = evaluate(small_predictor(path), records)
+        predictions = small_predictor(path)(records)
     elif stepper:
         with load_backend(path, stepper) as backend:
-            metrics = evaluate(stepper_predictor(backend, path.name, screen_weight), records)
+            predictions = stepper_predictor(backend, path.name, screen_weight)(records)
     else:
-        metrics = evaluate(model_predictor(path), records)
-    row = {"model": str(path), "split": split, "n": len(records), **metrics}
-    return row | ({"decoding": f"stepper:{stepper}", "screen_weight": screen_weight} if stepper else {})
+        predictions = model_predictor(path)(records)
+    decoding = {"decoding": f"stepper:{stepper}", "screen_weight": screen_weight} if stepper else {}
+    return [{"model": str(path), "split": split, "lists": view, "n": len(records),
+             **score(predictions, load_split(split, view)[:limit], view), **decoding} for view in lists]
 
 
 def differences(rows: list[dict]) -> list[dict]:
-    """Each later model's metrics minus the first's (e.g. DPO against the SFT model it started from)."""
-    first = rows[0]
-    return [{"model": f"Δ {r['model']} − {first['model']}", "split": first["split"],
-             **{k: v - first[k] for k, v in r.items() if isinstance(v, float) and isinstance(first.get(k), float)}}
-            for r in rows[1:]]
+    """Each later model's metrics minus the first's on the same herb lists (e.g. DPO against the SFT model it
+    started from)."""
+    out = []
+    for view in dict.fromkeys(r["lists"] for r in rows):
+        first, *later = [r for r in rows if r["lists"] == view]
+        out += [{"model": f"Δ {r['model']} − {first['model']}", "split": first["split"], "lists": view,
+                 **{k: v - first[k] for k, v in r.items() if isinstance(v, float) and isinstance(first.get(k), float)}}
+                for r in later]
+    return out
 
 
-def reference_row(split: str, limit: int | None = None) -> dict:
+def reference_row(split: str, limit: int | None = None, lists: str = "raw") -> dict:
     """The doctors' own prescriptions: the incompatibility rate and size that real practice shows."""
-    records = load_split(split)[:limit]
+    records = load_split(split, lists)[:limit]
     truths = [set(r.herbs) for r in records]
-    return {"model": "doctors (ground truth)", "split": split, "n": len(records),
+    return {"model": "doctors (ground truth)", "split": split, "lists": lists, "n": len(records),
             **prescription_metrics([list(r.herbs) for r in records], truths)}
 
 
-def format_table(rows: Sequence[dict], split: str) -> str:
-    """A plain-text table, with the published results on the test split for comparison."""
-    shown = list(rows)
-    if split == "test":
+def format_table(rows: Sequence[dict], split: str, lists: str = "raw") -> str:
+    """A plain-text table of the rows on `lists` herb lists, with the published results on the raw test split."""
+    shown = [r for r in rows if r.get("lists", "raw") == lists]
+    if split == "test" and lists == "raw":
         shown += [{"model": f"{name} (published)", **m} for name, m in PUBLISHED.items()]
     width = max(len(r["model"]) for r in shown) + 2
     header = "model".ljust(width) + "".join(c.replace("_", " ")[:10].rjust(11) for c in COLUMNS)
-    lines = [header, "-" * len(header)]
+    lines = [f"{split} split, {lists} herb lists", header, "-" * len(header)]
     for r in shown:
         cells = "".join((f"{r[c]:.4f}" if c in r else "—").rjust(11) for c in COLUMNS)
         lines.append(r["model"].ljust(width) + cells)

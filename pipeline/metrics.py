@@ -1,10 +1,12 @@
-"""Metrics over herb lists: P/R/F1@K (methods.md §3), Jaccard, incompatibility rates, average herbs."""
+"""Metrics over herb lists: P/R/F1@K (methods.md §3), Jaccard, incompatibility rates, names per drug, average
+herbs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from rxapp.safety import incompatible_pairs, safety_cost
+from rxapp.vocab import vocab
 
 KS = (5, 10, 20)
 
@@ -42,12 +44,19 @@ def pairwise_incompatibility(herbs: Sequence[str]) -> float:
     return _pair_rate(incompatible_pairs(list(herbs)), len(herbs))
 
 
+def names_a_drug_twice(herbs: Sequence[str]) -> bool:
+    """Whether a list holds one drug under two names (麦门冬 and 麦冬) or an artefact token beside its longer name
+    (附子 with 白附子): exactly when cleaning it (rxapp.vocab.Vocab.clean_herbs) makes it shorter."""
+    return len(vocab().clean_herbs(herbs)) < len(set(herbs))
+
+
 def prescription_metrics(prescriptions: Sequence[Sequence[str]], truths: Sequence[set[str]]) -> dict[str, float]:
     """Set metrics of the prescriptions themselves (not the rankings), averaged over prescriptions.
 
     incompat_rate: share of prescriptions holding at least one 十八反/十九畏 pair;
     pairwise_incompat: FLAME's pairwise rate, averaged; safety_cost: the app's safety cost (rxapp.safety.safety_cost,
-    for a patient not known to be pregnant), averaged; avg_herbs: mean prescription length.
+    for a patient not known to be pregnant), averaged; two_names: share of prescriptions naming a drug twice
+    (names_a_drug_twice); avg_herbs: mean prescription length.
     """
     n = len(prescriptions)
     if n != len(truths) or not n:
@@ -58,5 +67,6 @@ def prescription_metrics(prescriptions: Sequence[Sequence[str]], truths: Sequenc
         "incompat_rate": sum(c > 0 for c in pair_counts) / n,
         "pairwise_incompat": sum(_pair_rate(c, len(p)) for c, p in zip(pair_counts, prescriptions, strict=True)) / n,
         "safety_cost": sum(safety_cost(p) for p in prescriptions) / n,
+        "two_names": sum(map(names_a_drug_twice, prescriptions)) / n,
         "avg_herbs": sum(len(p) for p in prescriptions) / n,
     }

@@ -148,8 +148,9 @@ def export(run: Run) -> dict:
 
 def evaluate(run: Run) -> dict:
     """Each trained stage's model as Q4_K_M through the app's stepper, the differences from SFT, the baselines and
-    the doctors' own prescriptions, in RUN/evaluate/SPLIT.json."""
+    the doctors' own prescriptions, on raw and clean herb lists, in RUN/evaluate/SPLIT.json."""
     from pipeline.data.baselines import BASELINES
+    from pipeline.data.records import HERB_LISTS
     from pipeline.evaluate import differences, evaluate_baseline, evaluate_model, format_table, reference_row
     from pipeline.release.export import SHIPPED, shipped_gguf
 
@@ -162,14 +163,18 @@ def evaluate(run: Run) -> dict:
         else:
             best = run.folder.best(stage, run.cfg.grpo.alpha)
             models[name] = shipped_gguf(best, best.parent / "export")
-    rows = [evaluate_model(gguf, settings.split, settings.limit, "llama", settings.screen_weight) | {"model": name}
-            for name, gguf in models.items()]
+    rows = [row | {"model": name} for name, gguf in models.items()
+            for row in evaluate_model(gguf, settings.split, settings.limit, "llama", settings.screen_weight)]
+    summary = {f"{row['model']} ({row['lists']})": {k: row[k] for k in ("P@5", "F1@10", "incompat_rate", "two_names")}
+               for row in rows}
     rows += differences(rows)
-    rows += [evaluate_baseline(name, settings.split, settings.limit) for name in BASELINES]
-    rows.append(reference_row(settings.split, settings.limit))
+    rows += [evaluate_baseline(name, settings.split, settings.limit, view) for view in HERB_LISTS
+             for name in BASELINES]
+    rows += [reference_row(settings.split, settings.limit, view) for view in HERB_LISTS]
     write_json(rows, run.folder.evaluation(settings.split))
-    print(format_table(rows, settings.split))
-    return {row["model"]: {k: row[k] for k in ("P@5", "F1@10", "incompat_rate")} for row in rows[:len(models)]}
+    for view in HERB_LISTS:
+        print(format_table(rows, settings.split, view))
+    return summary
 
 
 def card(run: Run) -> dict:

@@ -3,9 +3,11 @@
 The 症状分析 restates the recognised symptoms, so it is given. Then, for each step, the next herb is drawn from the
 vocabulary herbs not yet prescribed, after the safety engine has screened every candidate against the current list
 and the patient: each 十八反/十九畏 pair or pregnancy rule that an addition would break costs its logit the
-screen weight (twice when severe), and a severe one forbids it outright unless `forbid_severe` is off. The model
-then writes the step's explanation (its 主治/用于 claims can only name this patient's symptoms) and decides whether
-to add another herb or stop, and finally writes the 方解.
+screen weight (twice when severe), and a severe one forbids it outright unless `forbid_severe` is off. One drug
+has one name: the probabilities of a drug's other names (麦门冬, 杏) go to its one name (麦冬, 杏仁), and a herb
+that would name a drug of the list again (附子 beside 白附子) is never added. The model then writes the step's
+explanation (its 主治/用于 claims can only name this patient's symptoms) and decides whether to add another herb or
+stop, and finally writes the 方解.
 """
 
 from __future__ import annotations
@@ -101,6 +103,24 @@ def choose(logits: np.ndarray, allowed: Sequence[int] | None, cfg: StepperConfig
     return (pick if allowed is None else allowed[pick]), float(probability)
 
 
+@cache
+def _other_names() -> tuple[np.ndarray, np.ndarray]:
+    """Vocabulary indices of each drug's other names, and of the one name each folds into."""
+    v = vocab()
+    return (np.array([v.herb_id[n] for n in v.canonical], dtype=int),
+            np.array([v.herb_id[c] for c in v.canonical.values()], dtype=int))
+
+
+def pool_names(herb_logits: np.ndarray) -> np.ndarray:
+    """Herb logits (vocabulary order) with each drug's other names folded into its one name (log-sum-exp of their
+    probabilities); the other names become impossible."""
+    names, one_name = _other_names()
+    pooled = herb_logits.astype(np.float64, copy=True)
+    np.logaddexp.at(pooled, one_name, herb_logits[names])
+    pooled[names] = -np.inf
+    return pooled
+
+
 def screen_costs(herbs: Sequence[int], current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
     """The decoding screen: the logit cost of adding each candidate herb (vocabulary order), the safety cost it would
     bring (rxapp.safety.safety_cost) × the screen weight, ∞ for a forbidden one."""
@@ -166,18 +186,18 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
         if marker == fmt.stop:
             break
         ids.append(marker)
-        logits = backend.logits(ids)
-        herb_logits = logits[list(fmt.herbs)]
+        herb_logits = pool_names(backend.logits(ids)[list(fmt.herbs)])
         if first_scores is None:
             first_scores = herb_logits - np.logaddexp.reduce(herb_logits)
         cost = screen_costs(fmt.herbs, result.herbs, patient, cfg)
-        cost[[vocab().herb_id[h] for h in result.herbs]] = math.inf  # each herb once
-        if not np.isfinite(cost).any():
+        named = [*result.herbs, *vocab().second_names(result.herbs)]
+        cost[[vocab().herb_id[h] for h in named]] = math.inf  # each drug once, under one name
+        if not np.isfinite(cost - herb_logits).any():
             ids.pop()  # every remaining herb is forbidden: stop here
             break
-        token, p = choose(logits, fmt.herbs, cfg, rng, cost)
-        ids.append(token)
-        herb = vocab().herbs[fmt.herbs.index(token)]
+        pick, p = choose(herb_logits, None, cfg, rng, cost)
+        ids.append(fmt.herbs[pick])
+        herb = vocab().herbs[pick]
         explanation = free_text(backend, ids, {fmt.newline, backend.eos}, cfg.max_explanation_tokens, cfg, rng,
                                 claim_targets(tokenize, herb, symptoms), banned=[fmt.stop])
         if explanation[-1] != fmt.newline:  # cut short: the step line still ends here

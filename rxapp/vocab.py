@@ -1,4 +1,5 @@
-"""The one herb and symptom vocabulary: names and ids, aliases, families, and the free-text symptom parser."""
+"""The one herb and symptom vocabulary: names and ids, aliases, families, synonyms and substring artefacts, and the
+free-text symptom parser."""
 
 from __future__ import annotations
 
@@ -87,6 +88,19 @@ class SymptomParse:
     suggestions: dict[str, list[str]] = field(default_factory=dict)  # fragment -> vocabulary symptoms
 
 
+@dataclass(frozen=True)
+class Artefact:
+    """A token the data's substring extraction left beside longer names containing it (assets/vocab/artefacts.yaml)."""
+
+    token: str
+    of: dict[str, list[int]]  # longer name -> [training lists holding it, of them also holding the token]
+    alone: int  # training lists holding the token and none of the longer names
+    certainty: str  # what the token means alone: "itself" (a drug), "clear" / "inferred" (`means`), "unclear"
+    means: str | None = None
+    found_by: str = "rule"  # "rule" (pipeline/data/artefacts.py) or "review"
+    note: str = ""
+
+
 def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
@@ -106,6 +120,7 @@ class Vocab:
         bad = {a: h for a, h in self.aliases.items() if h not in self.herb_id or a in self.herb_id}
         if bad:
             raise ValueError(f"herbs.yaml: aliases must map a non-vocabulary name to a vocabulary herb: {bad}")
+        self._read_artefacts(yaml.safe_load((VOCAB_DIR / "artefacts.yaml").read_text(encoding="utf-8")))
 
         symptom_tables = yaml.safe_load((VOCAB_DIR / "symptoms.yaml").read_text(encoding="utf-8"))
         self.synonyms = {k: [v] if isinstance(v, str) else list(v) for k, v in symptom_tables["synonyms"].items()}
@@ -119,6 +134,21 @@ class Vocab:
         self._terms_by_first_char: dict[str, list[str]] = {}
         for term in sorted(meanings, key=len, reverse=True):
             self._terms_by_first_char.setdefault(term[0], []).append(term)
+
+    def _read_artefacts(self, tables: dict) -> None:
+        self.synonyms_of: dict[str, str] = tables["synonyms"]
+        self.artefacts = {token: Artefact(token, **fields) for token, fields in tables["artefacts"].items()}
+        names = {*self.synonyms_of, *self.synonyms_of.values(), *self.artefacts,
+                 *(n for a in self.artefacts.values() for n in [*a.of, *([a.means] if a.means else [])])}
+        if not names <= self.herb_id.keys():
+            raise ValueError(f"artefacts.yaml: not vocabulary herbs: {sorted(names - self.herb_id.keys())}")
+        # One drug, one name: a clear artefact and a synonym take the canonical name (and its family, for safety).
+        self.canonical = dict(self.synonyms_of) | {
+            t: self.synonyms_of.get(a.means, a.means) for t, a in self.artefacts.items() if a.certainty == "clear"}
+        for name, canonical in self.canonical.items():
+            self.family_of.setdefault(name, self.family_of.get(canonical, canonical))
+            self.family_of.setdefault(canonical, self.family_of[name])
+        self.longer_names = {t: frozenset(a.of) for t, a in self.artefacts.items()}
 
     # -- herbs ---------------------------------------------------------------------------------------------
     @lru_cache(maxsize=4096)  # noqa: B019 (one vocabulary per process; the stepper asks the same names every step)
@@ -147,6 +177,38 @@ class Vocab:
     def family(self, name: str) -> str:
         """The key under which processed forms and sibling species of a herb are compared."""
         return self.resolve_herb(name).family
+
+    def identity(self, herb: str) -> str:
+        """The one name of a vocabulary herb's drug: synonyms and clear artefact tokens take their canonical name."""
+        return self.canonical.get(herb, herb)
+
+    def display_name(self, herb: str) -> str:
+        """How a vocabulary herb is shown to a practitioner: its drug's one name, an inferred identity marked as
+        such, a truncated name whose drug is unclear said to be so."""
+        artefact = self.artefacts.get(herb)
+        if artefact and artefact.certainty == "inferred":
+            return f"{artefact.means}（原作“{herb}”，推定）"
+        if artefact and artefact.certainty == "unclear":
+            return f"{herb}（名称不全，所指药物未定）"
+        return self.identity(herb)
+
+    def clean_herbs(self, herbs: Iterable[str]) -> list[str]:
+        """A prescription's herb list without its artefacts: a token beside one of its longer names is dropped,
+        then every herb takes its drug's one name, each once (order kept)."""
+        herbs = list(herbs)
+        present = set(herbs)
+        kept = [h for h in herbs if not (self.longer_names.get(h, frozenset()) & present)]
+        return _unique(self.identity(h) for h in kept)
+
+    def second_names(self, herbs: Iterable[str]) -> set[str]:
+        """Vocabulary herbs that would name a drug of `herbs` a second time: its other names, an artefact token
+        of one of them, or a longer name one of them is an artefact of."""
+        herbs = set(herbs)
+        identities = {self.identity(h) for h in herbs}
+        out = {h for h in self.herbs if self.identity(h) in identities}
+        out |= {t for t, longer in self.longer_names.items() if longer & herbs}
+        out |= {n for h in herbs for n in self.longer_names.get(h, ())}
+        return out - herbs
 
     # -- symptoms ------------------------------------------------------------------------------------------
     def parse_symptoms(self, given: str | Iterable[str]) -> SymptomParse:

@@ -1,5 +1,5 @@
 """The SMGCN prescriptions as records with Chinese names: the published train/test split plus a seeded validation
-split carved from train."""
+split carved from train, each with its herb lists as published (raw) or cleaned of their substring artefacts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from functools import cache
 from rxapp.vocab import SMGCN, vocab
 
 SPLITS = ("train", "validation", "test", "train_full")
+# raw: the lists as published (for comparison with published results); clean: rxapp.vocab.Vocab.clean_herbs applied
+# (no artefact token beside its longer name, one name per drug: what matters to a practitioner).
+HERB_LISTS = ("raw", "clean")
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 20200420  # fixed: every model and baseline is tuned on the same validation records
 
@@ -22,8 +25,10 @@ class Record:
 
 
 @cache
-def _read(file: str) -> tuple[Record, ...]:
+def _read(file: str, lists: str = "raw") -> tuple[Record, ...]:
     v = vocab()
+    if lists == "clean":
+        return tuple(Record(r.id, r.symptoms, tuple(v.clean_herbs(r.herbs))) for r in _read(file))
     records = []
     for n, line in enumerate((SMGCN / f"{file}.txt").read_text(encoding="utf-8").splitlines()):
         symptom_ids, herb_ids = line.split("\t")
@@ -42,8 +47,8 @@ def _validation_ids() -> frozenset[str]:
     return frozenset(r.id for r in random.Random(VALIDATION_SEED).sample(train, count))
 
 
-def load_split(split: str) -> list[Record]:
-    """Records of one split.
+def load_split(split: str, lists: str = "raw") -> list[Record]:
+    """Records of one split, with `lists` herb lists (HERB_LISTS); ids are the same in both.
 
     train: the published train file minus validation (what models learn from);
     validation: a seeded 10 % of the published train file (for tuning and early stopping);
@@ -52,9 +57,10 @@ def load_split(split: str) -> list[Record]:
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    if split == "test":
-        return list(_read("test"))
-    if split == "train_full":
-        return list(_read("train"))
+    if lists not in HERB_LISTS:
+        raise ValueError(f"unknown herb lists {lists!r}; choose from {', '.join(HERB_LISTS)}")
+    records = _read(split if split == "test" else "train", lists)
+    if split in ("test", "train_full"):
+        return list(records)
     held_out = _validation_ids()
-    return [r for r in _read("train") if (r.id in held_out) == (split == "validation")]
+    return [r for r in records if (r.id in held_out) == (split == "validation")]

@@ -18,7 +18,8 @@ from pipeline.stages.grpo import train_grpo
 
 
 def scored(model_dir: Path, export_dir: Path, split: str, limit: int | None) -> dict:
-    return evaluate_model(shipped_gguf(model_dir, export_dir), split, limit, "llama", 0.0)
+    [row] = evaluate_model(shipped_gguf(model_dir, export_dir), split, limit, "llama", 0.0, lists=("raw",))
+    return row
 
 
 def sweep(cfg: PipelineConfig, run_folder: RunFolder, start: Path, alphas: Sequence[float], split: str,

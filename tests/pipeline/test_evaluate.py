@@ -5,13 +5,13 @@ import json
 import pytest
 
 from pipeline.data.records import load_split
-from pipeline.evaluate import Prediction, baseline_predictor, evaluate, format_table
+from pipeline.evaluate import Prediction, baseline_predictor, evaluate, format_table, score
 
 
 def test_cooccurrence_matches_the_independent_computation(cli, tmp_path):
     out = tmp_path / "cooc.json"
-    result = cli("-m", "pipeline", "evaluate", "--baseline", "cooccurrence", "--split", "test", "--json",
-                 "--out", str(out))
+    result = cli("-m", "pipeline", "evaluate", "--baseline", "cooccurrence", "--split", "test", "--lists", "raw",
+                 "--json", "--out", str(out))
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)
     assert row == json.loads(out.read_text(encoding="utf-8"))
@@ -44,3 +44,24 @@ def test_table_shows_published_rows_on_test_only():
 def test_unknown_baseline_is_a_usage_error(cli):
     result = cli("-m", "pipeline", "evaluate", "--baseline", "magic")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_clean_lists_score_predictions_by_one_name_per_drug():
+    records = load_split("test", "clean")[:3]
+    ranking = ["杏", "杏仁", "麦门冬", "麦冬", *load_split("train")[0].herbs, *[f"h{i}" for i in range(20)]]
+    predictions = [Prediction(ranking, ["杏", "杏仁", "麦门冬"]) for _ in records]
+    clean, raw = score(predictions, records, "clean"), score(predictions, records, "raw")
+    assert clean["two_names"] == raw["two_names"] == 1.0  # counted as written, whatever the view
+    assert clean["avg_herbs"] == 2.0 and raw["avg_herbs"] == 3.0  # 杏仁 and 麦冬 once each, cleaned
+
+
+def test_evaluate_reports_raw_and_clean_lists_with_the_doctors_rates(cli, tmp_path):
+    out = tmp_path / "pop.json"
+    result = cli("-m", "pipeline", "evaluate", "--baseline", "popularity", "--split", "test", "--limit", "300",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["lists"] for r in rows] == ["raw", "clean"]
+    assert "test split, raw herb lists" in result.stdout and "test split, clean herb lists" in result.stdout
+    doctors = [line for line in result.stdout.splitlines() if line.startswith("doctors")]
+    assert len(doctors) == 2 and doctors[0] != doctors[1]  # the doctors' own lists change when cleaned

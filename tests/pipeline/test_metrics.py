@@ -2,7 +2,13 @@
 
 import pytest
 
-from pipeline.metrics import jaccard, pairwise_incompatibility, prescription_metrics, ranking_metrics
+from pipeline.metrics import (
+    jaccard,
+    names_a_drug_twice,
+    pairwise_incompatibility,
+    prescription_metrics,
+    ranking_metrics,
+)
 
 RANKING_1 = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] + [f"z{i}" for i in range(10)]
 RANKING_2 = [f"y{i}" for i in range(20)]
@@ -44,3 +50,9 @@ def test_incompatibility_rates_and_average_size():
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError):
         ranking_metrics([RANKING_1], [])
+
+
+def test_a_drug_named_twice_is_counted():
+    assert names_a_drug_twice(["杏", "杏仁"]) and names_a_drug_twice(["麦门冬", "麦冬"])
+    assert names_a_drug_twice(["附子", "白附子"]) and not names_a_drug_twice(["附子", "半夏"])
+    assert not names_a_drug_twice(["杏"])  # one name, even if not the drug's usual one

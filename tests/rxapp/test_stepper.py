@@ -13,7 +13,7 @@ from rxapp.decoding import greedy_stop, stop_probability
 from rxapp.modelinfo import HF_METADATA, VOCABULARY_KEY, ModelMismatchError
 from rxapp.safety import Patient
 from rxapp.stepformat import parse_response
-from rxapp.stepper import Recommendation, Step, StepperConfig, choose, recommend, screen_costs
+from rxapp.stepper import Recommendation, Step, StepperConfig, choose, pool_names, recommend, screen_costs
 from rxapp.vocab import vocab
 
 
@@ -133,3 +133,22 @@ def test_bad_model_files_are_named_in_clear_errors(micro_export, tmp_path):
     (folder / HF_METADATA).write_text(json.dumps({**meta, VOCABULARY_KEY: "0" * 64}))
     with pytest.raises(ModelMismatchError, match="another herb vocabulary"):
         load_backend(folder)
+
+
+def test_pooled_names_fold_a_drugs_probability_into_its_one_name():
+    v = vocab()
+    logits = np.zeros(len(v.herbs))
+    logits[v.herb_id["杏"]], logits[v.herb_id["苦杏仁"]], logits[v.herb_id["杏仁"]] = 2.0, 1.0, 0.5
+    pooled = pool_names(logits)
+    assert pooled[v.herb_id["杏"]] == -np.inf and pooled[v.herb_id["苦杏仁"]] == -np.inf
+    assert pooled[v.herb_id["杏仁"]] == pytest.approx(np.log(np.exp(2.0) + np.exp(1.0) + np.exp(0.5)))
+    assert np.exp(pooled[np.isfinite(pooled)] - np.logaddexp.reduce(logits)).sum() == pytest.approx(1.0)
+
+
+def test_the_stepper_never_writes_a_drug_twice_or_an_other_name(llama):
+    v = vocab()
+    for record in load_split("test")[:30]:
+        _, final = run(llama, list(record.symptoms), max_herbs=30)
+        assert not set(final.herbs) & set(v.canonical), (record.id, final.herbs)  # no 杏, 麦门冬, 郁李 …
+        for herb in final.herbs:
+            assert herb not in v.second_names(set(final.herbs) - {herb}), (record.id, herb, final.herbs)

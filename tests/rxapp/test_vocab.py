@@ -70,3 +70,28 @@ def test_herb_list_splitting_and_limits():
     for bad in ["", "草" * 30, " ".join(f"药{i}" for i in range(61))]:
         with pytest.raises(HerbInputError):
             split_herb_list(bad)
+
+
+def test_cleaning_drops_artefacts_beside_their_longer_names_and_merges_synonyms():
+    v = vocab()
+    assert v.clean_herbs(["白附子", "附子", "半夏"]) == ["白附子", "半夏"]  # 附子 was an artefact of 白附子
+    assert v.clean_herbs(["附子", "半夏"]) == ["附子", "半夏"]  # 附子 alone is 附子
+    assert v.clean_herbs(["杏", "杏仁", "苦杏仁", "麦门冬"]) == ["杏仁", "麦冬"]
+    assert v.clean_herbs(["杏", "麻黄"]) == ["杏仁", "麻黄"]  # alone, 杏 clearly means 杏仁
+    assert v.clean_herbs(["桑", "杏仁"]) == ["桑", "杏仁"]  # alone, 桑 is only inferred to be 桑白皮: kept
+    assert v.clean_herbs(["芍药", "赤芍"]) == ["赤芍"]  # 赤芍药 written in full
+
+
+def test_second_names_and_display_names():
+    v = vocab()
+    assert {"杏", "苦杏仁", "附子", "麦门冬"} <= v.second_names(["杏仁", "白附子", "麦冬"])
+    assert "白附子" in v.second_names(["附子"]) and "半夏" not in v.second_names(["附子"])
+    assert v.display_name("杏") == "杏仁" and v.display_name("麦门冬") == "麦冬" and v.display_name("附子") == "附子"
+    assert "桑白皮" in v.display_name("桑") and "推定" in v.display_name("桑")
+    assert "未定" in v.display_name("桃")
+
+
+def test_one_drugs_names_share_its_safety_family():
+    v = vocab()
+    assert v.family("杏") == v.family("杏仁") == v.family("苦杏仁")  # the 苦杏仁 rules reach 杏仁 and 杏
+    assert v.family("麦门冬") == v.family("麦冬")
