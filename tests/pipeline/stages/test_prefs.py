@@ -12,9 +12,9 @@ from rxapp import DEFAULT_MODEL
 from rxapp.engine import Engine
 from rxapp.feedback import FeedbackStore, export_records
 from rxapp.modelinfo import HF_METADATA, stop_threshold
+from rxapp.page import session_record
 from rxapp.stepformat import parse_response, render_analysis, render_response
 from rxapp.stepper import Recommendation, StepperConfig, recommend
-from rxapp.ui import session_record
 
 
 @pytest.fixture(scope="module")
