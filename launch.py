@@ -38,10 +38,10 @@ def main() -> None:
         store = FeedbackStore(args.db)
     except StoreError as e:
         parser.exit(2, f"rx: {e}\n")
-    engine = Engine()
-    engine.load(args.model, args.backend, args.device, args.quantization)
-    print(f"rx: {engine.status()}\nrx: feedback database {store.path}", flush=True)
-    build_app(engine, store).launch(**launch_options(args.host, args.port, args.auth))
+    with Engine() as engine:  # launch() blocks until the server stops (Ctrl-C); then the model is closed
+        engine.load(args.model, args.backend, args.device, args.quantization)
+        print(f"rx: {engine.status()}\nrx: feedback database {store.path}", flush=True)
+        build_app(engine, store).launch(**launch_options(args.host, args.port, args.auth))
 
 
 if __name__ == "__main__":

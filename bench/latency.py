@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 from pipeline.data.records import load_split
@@ -54,25 +55,23 @@ def measure(row: str, model_dir: Path, cases: int) -> dict:
         backend = HFBackend(model_dir / "hf", quantization="none" if precision == "fp32" else precision)
     import llama_cpp
 
-    reference_llm = llama_cpp.Llama(str(gguf), n_ctx=0, verbose=False, n_threads=2)
     records = load_split("test")[: cases + 1]
     first, whole, tokens, herbs, reference = [], [], [], [], []
-    for i, record in enumerate(records):
-        started = time.perf_counter()
-        first_at = None
-        for event in recommend(backend, list(record.symptoms)):
-            first_at = first_at or time.perf_counter() - started
-            if isinstance(event, Recommendation):
-                final = event
-        if i == 0:
-            continue  # warm-up
-        whole.append(time.perf_counter() - started)
-        first.append(first_at)
-        tokens.append(final.tokens)
-        herbs.append(len(final.herbs))
-        reference.append(bare_llama_s(reference_llm, final.prompt_ids, final.response_ids))
-    backend.close()
-    reference_llm.close()
+    with backend, closing(llama_cpp.Llama(str(gguf), n_ctx=0, verbose=False, n_threads=2)) as reference_llm:
+        for i, record in enumerate(records):
+            started = time.perf_counter()
+            first_at = None
+            for event in recommend(backend, list(record.symptoms)):
+                first_at = first_at or time.perf_counter() - started
+                if isinstance(event, Recommendation):
+                    final = event
+            if i == 0:
+                continue  # warm-up
+            whole.append(time.perf_counter() - started)
+            first.append(first_at)
+            tokens.append(final.tokens)
+            herbs.append(len(final.herbs))
+            reference.append(bare_llama_s(reference_llm, final.prompt_ids, final.response_ids))
     prescription, reference_s = statistics.median(whole), statistics.median(reference)
     return {"backend": backend_name, "precision": precision, "load_s": backend.load_s,
             "first_step_s": statistics.median(first), "prescription_s": prescription,

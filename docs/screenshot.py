@@ -52,11 +52,10 @@ def screenshot(url: str) -> None:
 
 
 def main() -> None:
-    engine = Engine()
-    engine.load(DEFAULT_MODEL, "llama", "cpu")
-    if engine.model is None:
-        sys.exit(f"screenshot: {engine.error}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with Engine() as engine, tempfile.TemporaryDirectory() as tmp:
+        engine.load(DEFAULT_MODEL, "llama", "cpu")
+        if engine.model is None:
+            sys.exit(f"screenshot: {engine.error}")
         app = build_app(engine, FeedbackStore(Path(tmp) / "feedback.sqlite"))
         port = free_port()
         app.launch(prevent_thread_lock=True, quiet=True, **launch_options("127.0.0.1", port))
@@ -64,7 +63,6 @@ def main() -> None:
             screenshot(f"http://127.0.0.1:{port}/")
         finally:
             app.close()
-            engine.model.backend.close()
     print(f"wrote {OUT.relative_to(ROOT)} ({OUT.stat().st_size // 1024} KiB) from {DEFAULT_MODEL.relative_to(ROOT)}")
 
 

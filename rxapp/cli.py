@@ -42,10 +42,9 @@ def run_recommend(args: argparse.Namespace) -> int:
 
     cfg = StepperConfig(screen_weight=args.screen_weight, temperature=args.temperature, top_p=args.top_p,
                         seed=args.seed)
-    backend = load_backend(args.model, args.backend, n_gpu_layers=args.n_gpu_layers,
-                           quantization=args.quantization)
-    warm_up()
-    try:
+    with load_backend(args.model, args.backend, n_gpu_layers=args.n_gpu_layers,
+                      quantization=args.quantization) as backend:
+        warm_up()
         if args.batch is None:
             out = recommendation_json(None, args.symptoms, args.pregnant, backend, cfg)
             if args.json:
@@ -53,23 +52,26 @@ def run_recommend(args: argparse.Namespace) -> int:
             else:
                 print_recommendation(out)
             return 0
-        failed = 0
-        for number, line in enumerate(args.batch.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            case = None
-            try:
-                case = json.loads(line)
-                out = recommendation_json(case.get("id", number), str(case["symptoms"]), bool(case.get("pregnant")),
-                                          backend, cfg)
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, SymptomInputError) as e:
-                failed += 1  # one bad line is reported in its place; the batch goes on
-                out = {"id": case.get("id", number) if isinstance(case, dict) else number, "line": number,
-                       "error": f"{type(e).__name__}: {e}"}
-            print(json.dumps(out, ensure_ascii=False), flush=True)
-        return 2 if failed else 0
-    finally:
-        backend.close()
+        return run_batch(args.batch, backend, cfg)
+
+
+def run_batch(batch: Path, backend, cfg: StepperConfig) -> int:
+    """One JSON line out per case line in, in order; 2 if any line failed."""
+    failed = 0
+    for number, line in enumerate(batch.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        case = None
+        try:
+            case = json.loads(line)
+            out = recommendation_json(case.get("id", number), str(case["symptoms"]), bool(case.get("pregnant")),
+                                      backend, cfg)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, SymptomInputError) as e:
+            failed += 1  # one bad line is reported in its place; the batch goes on
+            out = {"id": case.get("id", number) if isinstance(case, dict) else number, "line": number,
+                   "error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(out, ensure_ascii=False), flush=True)
+    return 2 if failed else 0
 
 
 def print_recommendation(out: dict) -> None:

@@ -61,7 +61,8 @@ class LoadedModel:
 
 
 class Engine:
-    """Holds at most one loaded model; `lock` is held by whoever runs it, so one request uses it at a time."""
+    """Holds at most one loaded model; `lock` is held by whoever runs it, so one request uses it at a time. A context
+    manager: leaving it closes the model."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -75,9 +76,8 @@ class Engine:
         on_gpu = device == "gpu" or (device == "auto" and gpu_available())
         kind = None if backend == "auto" else backend
         with self.lock:
-            if self.model is not None:
-                self.model.backend.close()
-            self.model, self.error = None, None
+            self._unload()
+            self.error = None
             started = time.perf_counter()
             try:
                 loaded = load_backend(path, kind, n_gpu_layers=-1 if on_gpu else 0, device="cuda" if on_gpu else "cpu",
@@ -88,6 +88,23 @@ class Engine:
             loaded.load_s = time.perf_counter() - started
             self.model = LoadedModel(path, loaded, loaded.name, "gpu" if on_gpu else "cpu", quantization,
                                      file_sha256(path))
+
+    def close(self) -> None:
+        """Close the loaded model, if any, once a running recommendation has finished; the engine then has none."""
+        with self.lock:
+            self._unload()
+
+    def _unload(self) -> None:
+        # under the lock; the lock is not reentrant, so load() calls this rather than close()
+        if self.model is not None:
+            self.model.backend.close()
+        self.model = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def status(self) -> str:
         if self.model is None:

@@ -1,213 +1,65 @@
-"""The practitioner's web page (Gradio): symptoms in, a prescription streamed step by step with its explanations and
-sourced warnings, the clinician's review saved to the feedback store; plus the safety checker, the feedback browser
-and the model tab. Every piece of user, model or data text is HTML-escaped before display."""
+"""The practitioner's web page laid out in Gradio and wired to its actions in `rxapp.page`: symptoms in, a
+prescription streamed step by step with its explanations and sourced warnings, the clinician's review saved to the
+feedback store; plus the safety checker, the feedback browser and the model tab."""
 
 from __future__ import annotations
 
-import html
-import tempfile
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Callable
+from functools import partial, wraps
 
 import gradio as gr
 
+from rxapp import page
 from rxapp.backends import QUANTIZATIONS
 from rxapp.engine import BACKENDS, DEVICES, Engine, model_card
-from rxapp.feedback import FeedbackStore, SessionRecord, StoreError, export_records
-from rxapp.safety import SEVERITIES, DoseError, Patient, parse_doses, parse_prescription, rules
-from rxapp.stepformat import render_analysis
-from rxapp.stepper import Recommendation, Step, StepperConfig, recommend, warm_up
-from rxapp.vocab import SEPARATORS, HerbInputError, SymptomInputError, clean_text, split_herb_list, vocab
+from rxapp.feedback import FeedbackStore
+from rxapp.page import DECODING, FEEDBACK_COLUMNS, check_prescription, parse_symptoms, recheck
+from rxapp.safety import SEVERITIES, rules
+from rxapp.stepper import StepperConfig, warm_up
+from rxapp.vocab import vocab
 
 DISCLAIMER = ("**rx 是供有资质的中医师使用的处方辅助决策工具，不是诊断。** 所有建议与警示都需由医师本人判断。"
               "  \n*Decision support for a qualified TCM practitioner — not a diagnosis.*")
-SEVERITY_STYLE = {"severe": ("#b42318", "严重"), "warning": ("#b54708", "警告"), "info": ("#175cd3", "提示")}
 AGE_GROUPS = ("未填", "儿童 <14", "成人 14–64", "老年 ≥65")
 SEXES = ("未填", "女", "男")
-DECODING = ("确定性 deterministic", "采样 sampling")
-FEEDBACK_COLUMNS = ["feedback", "saved (UTC)", "session", "symptoms", "model herbs", "final herbs", "accepted",
-                    "rejected", "rating", "comment"]
 # System fonts only: the page must not fetch fonts or scripts from outside this machine.
 THEME = gr.themes.Default(font=["system-ui", "PingFang SC", "Noto Sans CJK SC", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
-e = html.escape
 
 
-def warning_items(warnings: list) -> str:
-    items = []
-    for w in warnings:
-        colour, label = SEVERITY_STYLE[w.severity]
-        sources = "；".join(e(s.url or s.title) for s in w.sources)
-        items.append(f'<li class="rx-warning rx-{w.severity}" style="border-left:4px solid {colour};'
-                     f'padding:4px 8px;margin:4px 0;list-style:none"><b style="color:{colour}">[{label}]</b> '
-                     f"{e(w.message)}<br><small>来源：{sources or '—'}</small></li>")
-    return "<ul style='padding:0'>" + "".join(items) + "</ul>" if items else ""
+def bound(action: Callable, *first) -> Callable:
+    """`action` with its engine or store given. Gradio reads the rest of its signature for the endpoint's parameters,
+    and would read partial's docstring for its description: it gets none, as before."""
+    handler = partial(action, *first)
+    handler.__doc__ = None
+    return handler
 
 
-def warning_html(warnings: list) -> str:
-    return warning_items(warnings) or "<p>未发现配伍、妊娠、毒性或剂量问题。</p>"
+def recommend_outputs(update: page.PageUpdate) -> tuple:
+    """A page.PageUpdate as the values of the Recommend button's seven outputs."""
+    # two fresh updates: the accept and the reject lists each get their own
+    steps = [gr.skip() if update.steps is None else gr.update(choices=update.steps, value=[]) for _ in range(2)]
+    rest = [gr.skip() if v is None else v for v in (update.prescription, update.prescription_check, update.save_status)]
+    return (update.html, update.session_id, *steps, *rest)
 
 
-def message(text: str) -> str:
-    return f'<p class="rx-message">{e(text)}</p>'
+def streamed(recommend: Callable) -> Callable:
+    """page.recommend, its engine and store given, as a Gradio generator of output values; `wraps` keeps the
+    signature, which Gradio reads for the endpoint's parameters."""
+    @wraps(recommend)
+    def run(*form):
+        for update in recommend(*form):
+            yield recommend_outputs(update)
 
-
-def check_prescription(herbs_text: str, pregnant: bool, doses_text: str) -> str:
-    """Safety check of a typed prescription; doses as `附子=9, 半夏=6`."""
-    try:
-        herbs = split_herb_list(herbs_text or "")
-        doses = parse_doses([d for d in SEPARATORS.split(clean_text(doses_text or "")) if d], herbs)
-    except (HerbInputError, DoseError) as err:
-        return message(str(err))
-    return warning_html(rules().check_prescription(herbs, Patient(pregnant=bool(pregnant)), doses))
-
-
-def recheck(prescription_text: str, pregnant: bool) -> str:
-    """The edited prescription (`麻黄 9g、桂枝 6g`) checked again, dose limits included."""
-    try:
-        items = parse_prescription(prescription_text or "")
-    except (HerbInputError, DoseError) as err:
-        return message(str(err))
-    if not items:
-        return message("处方为空 The prescription is empty.")
-    doses = {h: d for h, d in items if d is not None}
-    return warning_html(rules().check_prescription([h for h, _ in items], Patient(pregnant=bool(pregnant)), doses))
-
-
-def parse_symptoms(text: str, picked: list[str] | None = None) -> str:
-    try:
-        parsed = vocab().parse_symptoms([text or "", *(picked or [])])
-    except SymptomInputError as err:
-        return message(str(err))
-    lines = [f"<p><b>识别的症状：</b>{e('、'.join(parsed.symptoms) or '（无）')}</p>"]
-    for fragment in parsed.unrecognised:
-        hint = parsed.suggestions.get(fragment)
-        lines.append(f"<p>未识别：<code>{e(fragment)}</code>" + (f"（是否指：{e('、'.join(hint))}）" if hint else "")
-                     + "</p>")
-    return "".join(lines)
-
-
-def step_card(step: Step) -> str:
-    facts = step.facts.summary() if step.facts else "知识库暂无此药记录"
-    return (f'<div class="rx-step" style="border:1px solid #d0d5dd;border-radius:8px;padding:8px 12px;margin:6px 0">'
-            f"<b>第 {step.index} 步 · 加 {e(step.herb)}</b> <small>（模型概率 {step.probability:.2f}）</small>"
-            f"<p style='margin:4px 0'>{e(step.explanation)}</p><p style='margin:4px 0'><small>{e(facts)}</small></p>"
-            f"{warning_items(step.warnings)}</div>")
-
-
-def recommendation_html(analysis: str, cards: list[str], final: Recommendation | None, note: str = "") -> str:
-    parts = [f"<h3>症状分析</h3><p>{e(analysis)}</p><h3>处方 · 逐步</h3>", *cards]
-    if final is None:
-        parts.append("<p><i>生成中…</i></p>")
-    else:
-        rows = "".join(f"<tr><td>{s.index}</td><td>{e(s.herb)}</td><td>{e(s.facts.summary(3) if s.facts else '')}"
-                       f"</td></tr>" for s in final.steps)
-        parts += [f"<h3>方解</h3><p>{e(final.summary or '（模型未写出方解）')}</p>",
-                  "<h3>处方</h3><table class='rx-prescription'><tr><th>#</th><th>药物</th><th>功效 · 性味</th></tr>"
-                  f"{rows}</table>", "<h3>整方安全核查</h3>", warning_html(final.warnings)]
-    return "".join(parts) + (message(note) if note else "")
-
-
-def session_record(final: Recommendation, text: str, unrecognised: list[str], pregnant: bool, age_group: str,
-                   sex: str, notes: str, model, cfg: StepperConfig) -> SessionRecord:
-    """What the feedback store keeps of one recommendation as shown (`model`: the engine's loaded model)."""
-    return SessionRecord(
-        text, final.symptoms, unrecognised, pregnant, age_group, sex, notes, str(model.path), model.sha256,
-        model.kind, cfg.__dict__, final.analysis, final.text, final.summary,
-        [{"index": s.index, "herb": s.herb, "explanation": s.explanation, "probability": s.probability,
-          "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
-        [w.to_dict() for w in final.warnings], final.steps[-1].elapsed_s if final.steps else 0.0)
+    return run
 
 
 def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
     warm_up()
-
-    def run(text, picked, pregnant, age_group, sex, notes, screen_weight, max_herbs, decoding, temperature, seed):
-        skip = (gr.skip(),) * 5
-        try:
-            parsed = vocab().parse_symptoms([text or "", *(picked or [])])
-        except SymptomInputError as err:
-            yield message(str(err)), "", *skip
-            return
-        if not parsed.symptoms:
-            unknown = "、".join(parsed.unrecognised[:5])
-            yield message(f"没有识别出词表中的症状（未识别：{unknown}）。No known symptom."), "", *skip
-            return
-        cfg = StepperConfig(screen_weight=float(screen_weight), max_herbs=int(max_herbs), seed=int(seed or 0),
-                            temperature=float(temperature) if decoding == DECODING[1] else 0.0)
-        with engine.lock:
-            if engine.model is None:
-                yield message(engine.status() + "（安全核查与药物知识仍可使用）"), "", *skip
-                return
-            model, cards, analysis = engine.model, [], render_analysis(parsed.symptoms)
-            try:
-                for event in recommend(model.backend, parsed.symptoms, bool(pregnant), cfg):
-                    if isinstance(event, Step):
-                        cards.append(step_card(event))
-                        yield recommendation_html(analysis, cards, None), "", *skip
-                    else:
-                        final = event
-            except (RuntimeError, ValueError) as err:
-                yield recommendation_html(analysis, cards, None, f"生成失败 Failed: {err}"), "", *skip
-                return
-        record = session_record(final, text or "", parsed.unrecognised, bool(pregnant), age_group, sex, notes or "",
-                                model, cfg)
-        try:
-            session_id, note = store.save_session(record), ""
-        except StoreError as err:
-            session_id, note = "", f"会话未保存 Session not saved: {err}"
-        labels = [f"{s.index} {s.herb}" for s in final.steps]
-        prescription = "、".join(final.herbs)
-        yield (recommendation_html(final.analysis, cards, final, note), session_id,
-               gr.update(choices=labels, value=[]), gr.update(choices=labels, value=[]), prescription,
-               recheck(prescription, pregnant), "")
-
-    def save(session_id, accepted, rejected, prescription_text, pregnant, rating, comment):
-        if not (session_id or "").strip():
-            return "未保存：请先生成处方 Not saved: make a recommendation first."
-        both = set(accepted or []) & set(rejected or [])
-        if both:
-            return f"未保存：同一步既接受又拒绝 Not saved: accepted and rejected — {'、'.join(sorted(both))}"
-        try:
-            items = parse_prescription(prescription_text or "")
-        except (HerbInputError, DoseError) as err:
-            return f"未保存 Not saved: {err}"
-        verdicts = {int(label.split()[0]): "accept" for label in accepted or []}
-        verdicts |= {int(label.split()[0]): "reject" for label in rejected or []}
-        herbs, doses = [h for h, _ in items], {h: d for h, d in items if d is not None}
-        warnings = rules().check_prescription(herbs, Patient(pregnant=bool(pregnant)), doses)
-        try:
-            feedback_id = store.save_feedback(session_id.strip(), verdicts,
-                                              [{"herb": h, "dose_g": d} for h, d in items],
-                                              [w.to_dict() for w in warnings],
-                                              int(rating) if rating else None, comment or "")
-        except StoreError as err:
-            return f"未保存 Not saved: {err}"
-        return f"已保存 Saved: feedback #{feedback_id} · session {session_id.strip()} · {len(warnings)} warning(s)"
-
-    def browse(text, min_rating):
-        records = list(store.preference_records(clean_text(text or ""), int(min_rating) if min_rating else None))
-        return [[r["feedback_id"], r["saved_at"], r["session_id"], "、".join(r["symptoms"]),
-                 "、".join(r["model_herbs"]), "、".join(r["final_herbs"]), len(r["accepted"]), len(r["rejected"]),
-                 r["rating"], r["comment"]] for r in records]
-
-    def export(text, min_rating, fmt):
-        records = list(store.preference_records(clean_text(text or ""), int(min_rating) if min_rating else None))
-        path = Path(tempfile.mkdtemp(prefix="rx-export-")) / f"rx-feedback-{datetime.now():%Y%m%d-%H%M%S}.{fmt}"
-        path.write_text(export_records(records, fmt), encoding="utf-8")
-        return str(path)
-
-    def delete(session_id):
-        session_id = (session_id or "").strip()
-        try:
-            gone = store.delete_session(session_id)
-        except StoreError as err:
-            return f"未删除 Not deleted: {err}"
-        return f"已删除会话 {session_id} 及其反馈 Deleted." if gone else f"没有会话 {session_id!r} No such session."
-
-    def load(path, backend, device, quantization):
-        engine.load(path, backend, device, quantization)
-        return engine.status(), model_card(Path(str(path).strip())) if engine.model else ""
+    # the page's actions with this engine and store; Gradio passes them the form's values
+    run, load = streamed(bound(page.recommend, engine, store)), bound(page.load_model, engine)
+    save, browse, export, delete = (bound(action, store) for action in (
+        page.save_feedback, page.browse_feedback, page.export_feedback, page.delete_session))
 
     with gr.Blocks(title="rx — 中药处方辅助", analytics_enabled=False) as app:
         gr.Markdown("# rx — 中药处方辅助决策\n" + DISCLAIMER)
@@ -289,7 +141,7 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
             refresh.click(browse, [search, min_rating], table, api_name="browse_feedback")
             export_button.click(export, [search, min_rating, fmt], exported, api_name="export_feedback")
             delete_button.click(delete, delete_id, delete_status, api_name="delete_session").then(
-                browse, [search, min_rating], table, api_visibility="undocumented")
+                browse, [search, min_rating], table, api_name="browse", api_visibility="undocumented")
         with gr.Tab("模型 Model"):
             gr.Markdown(DISCLAIMER)
             path = gr.Textbox(value=str(engine.model.path) if engine.model else "", label="模型 GGUF 文件或 HF 文件夹")

@@ -36,16 +36,15 @@ def symptom_text() -> str:
 
 @pytest.fixture(scope="module")
 def served(micro_export, tmp_path_factory):
-    engine = Engine()
-    engine.load(micro_export / "model-f16.gguf", "llama", "cpu")
-    assert engine.model is not None, engine.error
-    store = FeedbackStore(tmp_path_factory.mktemp("db") / "rx.sqlite")
-    app = build_app(engine, store)
-    port = free_port()
-    app.launch(prevent_thread_lock=True, quiet=True, **launch_options("127.0.0.1", port))
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        yield SimpleNamespace(url=url, store=store, engine=engine, client=Client(url, verbose=False))
-    finally:
-        app.close()
-        engine.model.backend.close()
+    with Engine() as engine:
+        engine.load(micro_export / "model-f16.gguf", "llama", "cpu")
+        assert engine.model is not None, engine.error
+        store = FeedbackStore(tmp_path_factory.mktemp("db") / "rx.sqlite")
+        app = build_app(engine, store)
+        port = free_port()
+        app.launch(prevent_thread_lock=True, quiet=True, **launch_options("127.0.0.1", port))
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            yield SimpleNamespace(url=url, store=store, engine=engine, client=Client(url, verbose=False))
+        finally:
+            app.close()

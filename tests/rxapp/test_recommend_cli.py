@@ -61,6 +61,6 @@ def test_hf_weights_in_4_bits_and_a_gguf_refusing_them(cli, micro_export):
     refused = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽", "--model", str(micro_export / "model-f16.gguf"),
                   "--quantization", "4bit")
     assert refused.returncode == 2 and "GGUF" in refused.stderr and "Traceback" not in refused.stderr
-    engine = Engine()
-    engine.load(micro_export / "hf", "hf", "cpu", "8bit")
-    assert engine.model is not None and "weights 8bit" in engine.status(), engine.status()
+    with Engine() as engine:
+        engine.load(micro_export / "hf", "hf", "cpu", "8bit")
+        assert engine.model is not None and "weights 8bit" in engine.status(), engine.status()

@@ -12,9 +12,9 @@ from rxapp import DEFAULT_MODEL
 from rxapp.engine import Engine
 from rxapp.feedback import FeedbackStore, export_records
 from rxapp.modelinfo import HF_METADATA, stop_threshold
+from rxapp.page import session_record
 from rxapp.stepformat import parse_response, render_analysis, render_response
 from rxapp.stepper import Recommendation, StepperConfig, recommend
-from rxapp.ui import session_record
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +44,16 @@ def test_implicit_pairs_follow_the_documented_rule(stats):
 def feedback_db(tmp_path_factory):
     """A feedback database written the way the app writes it: the shipped model's recommendation, saved as the UI
     saves it, with one step accepted, one rejected, an edited prescription and a rating; saved twice."""
-    engine = Engine()
-    engine.load(DEFAULT_MODEL)
-    assert engine.model is not None, engine.error
     cfg = StepperConfig()
     symptoms = list(load_split("test")[0].symptoms)
-    final = next(e for e in recommend(engine.model.backend, symptoms, False, cfg) if isinstance(e, Recommendation))
+    with Engine() as engine:
+        engine.load(DEFAULT_MODEL)
+        assert engine.model is not None, engine.error
+        final = next(e for e in recommend(engine.model.backend, symptoms, False, cfg) if isinstance(e, Recommendation))
+        record = session_record(final, "、".join(symptoms), [], False, "成人 14–64", "男", "", engine.model, cfg)
     assert len(final.herbs) >= 2
     store = FeedbackStore(tmp_path_factory.mktemp("feedback") / "rx.db")
-    sid = store.save_session(session_record(final, "、".join(symptoms), [], False, "成人 14–64", "男", "", engine.model,
-                                            cfg))
+    sid = store.save_session(record)
     edited = [{"herb": h, "dose_g": 9.0} for h in final.herbs[:1]] + [{"herb": "甘草", "dose_g": 6.0}]
     for _ in range(2):  # the same feedback saved twice must not give two pairs
         store.save_feedback(sid, {1: "accept", 2: "reject"}, edited, [], 5, "")
