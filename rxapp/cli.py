@@ -29,7 +29,7 @@ def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg) -> dic
     return {
         "id": case_id, "symptoms": final.symptoms, "unrecognised": parsed.unrecognised, "pregnant": pregnant,
         "analysis": final.analysis,
-        "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "explanation": s.explanation,
+        "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "name": s.name, "explanation": s.explanation,
                    "facts": s.facts.summary() if s.facts else None, "probability": round(s.probability, 4),
                    "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
         "summary": final.summary, "warnings": [w.to_dict() for w in final.warnings], "ranking": final.ranking,
@@ -78,7 +78,7 @@ def print_recommendation(out: dict) -> None:
     print("症状: " + "、".join(out["symptoms"]) + ("  (孕妇)" if out["pregnant"] else ""))
     print(out["analysis"])
     for step in out["steps"]:
-        print(f"{step['index']}. 加 {step['herb']}：{step['explanation']}")
+        print(f"{step['index']}. 加 {step['name']}：{step['explanation']}")
         for w in step["warnings"]:
             print(f"   [{w['severity']}] {w['message']}")
     print("方解: " + out["summary"])

@@ -85,7 +85,7 @@ def parse_symptoms(text: str, picked: list[str] | None = None) -> str:
 def step_card(step: Step) -> str:
     facts = step.facts.summary() if step.facts else "知识库暂无此药记录"
     return (f'<div class="rx-step" style="border:1px solid #d0d5dd;border-radius:8px;padding:8px 12px;margin:6px 0">'
-            f"<b>第 {step.index} 步 · 加 {e(step.herb)}</b> <small>（模型概率 {step.probability:.2f}）</small>"
+            f"<b>第 {step.index} 步 · 加 {e(step.name)}</b> <small>（模型概率 {step.probability:.2f}）</small>"
             f"<p style='margin:4px 0'>{e(step.explanation)}</p><p style='margin:4px 0'><small>{e(facts)}</small></p>"
             f"{warning_items(step.warnings)}</div>")
 
@@ -95,7 +95,7 @@ def recommendation_html(analysis: str, cards: list[str], final: Recommendation |
     if final is None:
         parts.append("<p><i>生成中…</i></p>")
     else:
-        rows = "".join(f"<tr><td>{s.index}</td><td>{e(s.herb)}</td><td>{e(s.facts.summary(3) if s.facts else '')}"
+        rows = "".join(f"<tr><td>{s.index}</td><td>{e(s.name)}</td><td>{e(s.facts.summary(3) if s.facts else '')}"
                        f"</td></tr>" for s in final.steps)
         parts += [f"<h3>方解</h3><p>{e(final.summary or '（模型未写出方解）')}</p>",
                   "<h3>处方</h3><table class='rx-prescription'><tr><th>#</th><th>药物</th><th>功效 · 性味</th></tr>"

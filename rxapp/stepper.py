@@ -47,7 +47,8 @@ class StepperConfig:
 class Step:
     index: int  # 1-based
     action: str  # "add"
-    herb: str
+    herb: str  # the vocabulary herb (what the model wrote, what feedback and training keep)
+    name: str  # how it is shown: its drug's one name, an inferred identity marked as such (Vocab.display_name)
     explanation: str
     facts: HerbFacts | None
     warnings: list[SafetyWarning]  # what adding this herb to the steps before brings (all rules, all severities)
@@ -204,7 +205,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
             explanation = [t for t in explanation if t != backend.eos] + [fmt.newline]
         ids += explanation
         text = backend.detokenize(explanation).strip().lstrip("：:").strip()
-        step = Step(len(result.steps) + 1, "add", herb, text, knowledge().get(herb),
+        step = Step(len(result.steps) + 1, "add", herb, vocab().display_name(herb), text, knowledge().get(herb),
                     rules().check_addition(result.herbs, herb, patient), p, time.perf_counter() - started)
         result.steps.append(step)
         yield step

@@ -152,3 +152,4 @@ def test_the_stepper_never_writes_a_drug_twice_or_an_other_name(llama):
         assert not set(final.herbs) & set(v.canonical), (record.id, final.herbs)  # no 杏, 麦门冬, 郁李 …
         for herb in final.herbs:
             assert herb not in v.second_names(set(final.herbs) - {herb}), (record.id, herb, final.herbs)
+        assert all(s.name == v.display_name(s.herb) for s in final.steps)
