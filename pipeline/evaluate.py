@@ -14,7 +14,7 @@ from tqdm import tqdm
 from pipeline.data.baselines import BASELINES, KNN, rank
 from pipeline.data.records import HERB_LISTS, Record, load_split
 from pipeline.data.teacher import TrainStats, claim_is_grounded
-from pipeline.metrics import jaccard, names_a_drug_twice, prescription_metrics, ranking_metrics
+from pipeline.metrics import jaccard, names_a_drug_twice, prescription_metrics, ranking_metrics, summary_metrics
 from rxapp.backends import Backend
 from rxapp.modelinfo import saved_stop_threshold
 from rxapp.ranking import rank_herbs
@@ -33,7 +33,8 @@ PUBLISHED = {
                 "F1@5": .2418, "F1@10": .2706, "F1@20": .2486},
 }
 COLUMNS = ("P@5", "P@10", "P@20", "R@5", "R@10", "R@20", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate",
-           "pairwise_incompat", "safety_cost", "two_names", "avg_herbs", "grounding", "format_validity")
+           "pairwise_incompat", "safety_cost", "two_names", "avg_herbs", "grounding", "format_validity",
+           "summary_coverage", "summary_foreign", "summary_repeats")
 KNN_KS = (5, 10, 20, 50, 100, 200)
 MAX_PRESCRIPTION = 20
 
@@ -86,6 +87,7 @@ def score(predictions: Sequence[Prediction], records: Sequence[Record], lists: s
                   for claim in explanation_claims(step.explanation)]
         metrics["grounding"] = sum(claims) / len(claims) if claims else 0.0
         metrics["format_validity"] = sum(r.well_formed for r in responses) / len(responses)
+        metrics |= summary_metrics([r.summary for r in responses], [r.herbs for r in responses])
     return metrics
 
 

@@ -1,5 +1,5 @@
 """Metrics over herb lists: P/R/F1@K (methods.md §3), Jaccard, incompatibility rates, names per drug, average
-herbs."""
+herbs; and how well a 方解 fits its prescription."""
 
 from __future__ import annotations
 
@@ -48,6 +48,34 @@ def names_a_drug_twice(herbs: Sequence[str]) -> bool:
     """Whether a list holds one drug under two names (麦门冬 and 麦冬) or an artefact token beside its longer name
     (附子 with 白附子): exactly when cleaning it (rxapp.vocab.Vocab.clean_herbs) makes it shorter."""
     return len(vocab().clean_herbs(herbs)) < len(set(herbs))
+
+
+def herbs_named(text: str) -> list[str]:
+    """The vocabulary herbs a text names, read left to right, the longest name at each place (白附子, not 附子)."""
+    names = vocab().herbs_by_first_char
+    found, i = [], 0
+    while i < len(text):
+        name = next((n for n in names.get(text[i], ()) if text.startswith(n, i)), None)
+        if name:
+            found.append(name)
+        i += len(name) if name else 1
+    return found
+
+
+def summary_metrics(summaries: Sequence[str], prescriptions: Sequence[Sequence[str]]) -> dict[str, float]:
+    """How well each 方解 fits its prescription, averaged: summary_coverage, the share of prescribed herbs it names;
+    summary_foreign, the share of 方解 naming a herb not prescribed; summary_repeats, the share repeating a clause
+    (clauses end at ；or 。)."""
+    coverage, foreign, repeats = [], [], []
+    for summary, herbs in zip(summaries, prescriptions, strict=True):
+        named = set(herbs_named(summary))
+        coverage.append(len(named & set(herbs)) / len(herbs) if herbs else 1.0)
+        foreign.append(bool(named - set(herbs)))
+        clauses = [c.strip() for c in summary.replace("。", "；").split("；") if c.strip()]
+        repeats.append(len(set(clauses)) < len(clauses))
+    n = len(summaries)
+    return {"summary_coverage": sum(coverage) / n, "summary_foreign": sum(foreign) / n,
+            "summary_repeats": sum(repeats) / n}
 
 
 def prescription_metrics(prescriptions: Sequence[Sequence[str]], truths: Sequence[set[str]]) -> dict[str, float]:

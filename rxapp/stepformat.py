@@ -14,7 +14,10 @@ vocabulary herb, with a short explanation; the 【方解】 header is the decisi
     加麻黄：发汗，用于恶寒
     加桂枝：……
     【方解】
-    麻黄、桂枝发汗；……
+    麻黄、桂枝发汗，治恶寒；……
+
+The 方解 is composed from the steps' own claims (`compose_summary`), so it names every prescribed herb once and no
+other; the model decides only when to stop.
 
 `parse_response` reads any prefix of a response (for streaming and step rewards) and never raises: a line that is
 not a valid step is kept and marked invalid, and leaves the herb list unchanged.
@@ -94,9 +97,26 @@ def steps_prefix(analysis: str) -> str:
     return f"{ANALYSIS_HEADER}\n{analysis}\n{PRESCRIPTION_HEADER}\n"
 
 
-def render_response(analysis: str, steps: Sequence[tuple[str, str]], summary: str) -> str:
-    """A whole response from its analysis, (herb, explanation) additions, and summary."""
-    return steps_prefix(analysis) + "".join(render_step(h, e) for h, e in steps) + f"{SUMMARY_HEADER}\n{summary}\n"
+def compose_summary(steps: Sequence[tuple[str, str]]) -> str:
+    """The 方解 of (herb, explanation) additions, right by construction: every herb named once and no other, the
+    herbs that cite one action in one clause with the symptoms they were added for, in the order of the steps
+    (`麻黄、桂枝发汗，治恶寒、无汗；甘草调和诸药。`)."""
+    clauses: dict[str, tuple[list[str], list[str]]] = {}
+    for herb, explanation in steps:
+        claims = explanation_claims(explanation)
+        effect = next((c.value for c in claims if c.kind == "effect"), f"（{NO_RECORD}）")
+        herbs, symptoms = clauses.setdefault(effect, ([], []))
+        herbs.append(herb)
+        symptoms += [c.value for c in claims if c.kind != "effect" and c.value not in symptoms]
+    text = "；".join("、".join(herbs) + effect + (f"，治{'、'.join(symptoms)}" if symptoms else "")
+                    for effect, (herbs, symptoms) in clauses.items())
+    return text + "。" if text else ""
+
+
+def render_response(analysis: str, steps: Sequence[tuple[str, str]]) -> str:
+    """A whole response from its analysis and (herb, explanation) additions, with their composed 方解."""
+    return (steps_prefix(analysis) + "".join(render_step(h, e) for h, e in steps)
+            + f"{SUMMARY_HEADER}\n{compose_summary(steps)}\n")
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:

@@ -7,7 +7,8 @@ screen weight (twice when severe), and a severe one forbids it outright unless `
 has one name: the probabilities of a drug's other names (麦门冬, 杏) go to its one name (麦冬, 杏仁), and a herb
 that would name a drug of the list again (附子 beside 白附子) is never added. The model then writes the step's
 explanation (its 主治/用于 claims can only name this patient's symptoms) and decides whether to add another herb or
-stop, and finally writes the 方解.
+stop. The 方解 is composed from the steps' claims (rxapp.stepformat.compose_summary), not decoded: it names every
+herb once and no other, on every backend.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from rxapp.decoding import claim_targets, greedy_stop, stop_probability
 from rxapp.knowledge import HerbFacts, knowledge
 from rxapp.ranking import rank_herbs
 from rxapp.safety import Patient, SafetyWarning, rules, warnings_cost
-from rxapp.stepformat import SUMMARY_HEADER, render_analysis, render_prompt, steps_prefix
+from rxapp.stepformat import SUMMARY_HEADER, compose_summary, render_analysis, render_prompt, steps_prefix
 from rxapp.vocab import vocab
-
-SUMMARY_RESERVE = 64  # tokens of context kept for the 方解 when deciding whether another step fits
 
 
 @dataclass
@@ -40,7 +39,6 @@ class StepperConfig:
     seed: int = 0
     max_herbs: int = 30
     max_explanation_tokens: int = 48
-    max_summary_tokens: int = 160
 
 
 @dataclass
@@ -65,7 +63,7 @@ class Recommendation:
     summary: str = ""
     warnings: list[SafetyWarning] = field(default_factory=list)  # the whole prescription, most severe first
     ranking: list[str] = field(default_factory=list)  # every herb, best first (rxapp.ranking)
-    text: str = ""  # the whole response as the model wrote it
+    text: str = ""  # the whole response: the steps as the model wrote them, then the composed 方解
     prompt_ids: list[int] = field(default_factory=list)  # the prompt and the given 症状分析
     response_ids: list[int] = field(default_factory=list)  # every token after them
 
@@ -174,8 +172,8 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
     tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
     while True:  # ids end with a newline: another step, or stop
         allowed = fmt.allowed(ids[start:], cfg.max_herbs)
-        if result.steps and len(ids) + cfg.max_explanation_tokens + SUMMARY_RESERVE > backend.n_ctx:
-            allowed = [fmt.stop]  # no room for another step and a 方解 in the model's context
+        if result.steps and len(ids) + cfg.max_explanation_tokens >= backend.n_ctx:
+            allowed = [fmt.stop]  # no room for another step in the model's context
         if len(allowed) == 1:
             marker = allowed[0]
         elif cfg.temperature > 0:
@@ -209,12 +207,8 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
                     rules().check_addition(result.herbs, herb, patient), p, time.perf_counter() - started)
         result.steps.append(step)
         yield step
-    ids += backend.tokenize(SUMMARY_HEADER + "\n")  # the stop decision made, the header is given
-    tail = free_text(backend, ids, {backend.eos}, min(cfg.max_summary_tokens, backend.n_ctx - len(ids)), cfg, rng)
-    ids += tail
-    response = head + backend.detokenize(ids[start:])
-    result.text = response.removesuffix(backend.detokenize([backend.eos]))
-    result.summary = result.text.split(SUMMARY_HEADER, 1)[-1].strip() if SUMMARY_HEADER in result.text else ""
+    result.summary = compose_summary([(s.herb, s.explanation) for s in result.steps])
+    result.text = head + backend.detokenize(ids[start:]) + f"{SUMMARY_HEADER}\n{result.summary}\n"
     result.prompt_ids, result.response_ids = ids[:start], ids[start:]
     result.warnings = rules().check_prescription(result.herbs, patient)
     result.ranking = rank_herbs(first_scores if first_scores is not None else np.zeros(len(fmt.herbs)))

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pipeline.config import TeacherConfig
 from pipeline.data.records import Record
-from pipeline.data.teacher import TrainStats, explain, summarise, teach
+from pipeline.data.teacher import TrainStats, explain, teach
 from pipeline.runfolder import read_jsonl
 from rxapp.stepformat import parse_response, render_prompt, render_response
 from rxapp.vocab import vocab
@@ -112,7 +112,7 @@ def validate(text: str, record: Record, stats: TrainStats) -> dict:
     missing = [h for h in stats.order(record.symptoms, record.herbs) if h not in steps]
     ordered = [*steps, *missing]
     response = render_response(parsed.analysis, [(h, steps.get(h) or explain(h, record.symptoms, stats))
-                                                 for h in ordered], parsed.summary or summarise(ordered))
+                                                 for h in ordered])
     exact = not missing and len(steps) == len(parsed.steps) and parsed.well_formed
     return {"status": "ok" if exact else "repaired", "response": response, "herbs": ordered,
             "reason": "" if exact else f"{len(missing)} herbs added, {len(parsed.steps) - len(steps)} steps dropped"}

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.data.baselines import CoOccurrence, herb_matrix
 from pipeline.data.records import Record
 from rxapp.knowledge import HerbFacts, knowledge
-from rxapp.stepformat import NO_RECORD, Claim, render_analysis, render_explanation, render_prompt, render_response
+from rxapp.stepformat import Claim, render_analysis, render_explanation, render_prompt, render_response
 from rxapp.vocab import vocab
 
 # First characters of 功效 phrases (补脾益气, 清热解毒 …); the KG mixes these with 主治 (indications).
@@ -84,22 +84,10 @@ def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:
     return render_explanation(action_effects(facts), indication, usage)
 
 
-def summarise(herbs: Sequence[str]) -> str:
-    """The herbs grouped by their first 功效; herbs without a known one are named apart."""
-    groups: dict[str, list[str]] = {}
-    for h in herbs:
-        effects = action_effects(knowledge()[h])
-        groups.setdefault(effects[0] if effects else f"（{NO_RECORD}）", []).append(h)
-    return "；".join(f"{'、'.join(hs)}{effect}" for effect, hs in groups.items()) + "。"
-
-
 def teach(record: Record, stats: TrainStats) -> dict:
     """One distilled training example: prompt, response, and the herbs in step order."""
     herbs = stats.order(record.symptoms, record.herbs)
-    response = render_response(
-        render_analysis(record.symptoms),
-        [(h, explain(h, record.symptoms, stats)) for h in herbs],
-        summarise(herbs),
-    )
+    response = render_response(render_analysis(record.symptoms),
+                               [(h, explain(h, record.symptoms, stats)) for h in herbs])
     return {"id": record.id, "symptoms": list(record.symptoms), "prompt": render_prompt(record.symptoms),
             "response": response, "herbs": herbs}

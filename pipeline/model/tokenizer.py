@@ -48,7 +48,7 @@ def domain_words() -> list[str]:
 def format_characters() -> set[str]:
     """Characters the format writes around the words (punctuation, newlines), plus printable ASCII."""
     sample = render_prompt(["咳嗽", "恶寒"], True) + render_response(
-        "主症：咳嗽。", [("甘草", render_explanation(["补脾益气"], "咳嗽")), ("麻黄", "（）")], "甘草补脾益气。")
+        "主症：咳嗽。", [("甘草", render_explanation(["补脾益气"], "咳嗽")), ("麻黄", "（）")])
     return set(sample) | set(string.printable) | set("（）【】：、，；。")
 
 

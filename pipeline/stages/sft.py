@@ -69,7 +69,7 @@ def shuffled_response(example: dict, rng: random.Random) -> str:
     parsed = parse_response(example["response"])
     steps = [(s.herb, s.explanation) for s in parsed.steps]
     rng.shuffle(steps)
-    return render_response(parsed.analysis, steps, parsed.summary)
+    return render_response(parsed.analysis, steps)
 
 
 def encode(tokenizer, prompt: str, response: str, max_length: int, herb_ids: set[int] | None = None,

@@ -8,6 +8,7 @@ from pipeline.metrics import (
     pairwise_incompatibility,
     prescription_metrics,
     ranking_metrics,
+    summary_metrics,
 )
 
 RANKING_1 = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] + [f"z{i}" for i in range(10)]
@@ -56,3 +57,12 @@ def test_a_drug_named_twice_is_counted():
     assert names_a_drug_twice(["杏", "杏仁"]) and names_a_drug_twice(["麦门冬", "麦冬"])
     assert names_a_drug_twice(["附子", "白附子"]) and not names_a_drug_twice(["附子", "半夏"])
     assert not names_a_drug_twice(["杏"])  # one name, even if not the drug's usual one
+
+
+def test_summary_metrics_catch_loops_missing_and_foreign_herbs():
+    herbs = ["白附子", "甘草", "茯苓"]
+    good = summary_metrics(["白附子祛风痰，治中风；甘草、茯苓补脾益气。"], [herbs])
+    assert good == {"summary_coverage": 1.0, "summary_foreign": 0.0, "summary_repeats": 0.0}  # 附子 is not read
+    broken = summary_metrics(["甘草补脾益气；半夏燥湿化痰；半夏燥湿化痰。"], [herbs])
+    assert broken["summary_coverage"] == pytest.approx(1 / 3)
+    assert broken["summary_foreign"] == 1.0 and broken["summary_repeats"] == 1.0

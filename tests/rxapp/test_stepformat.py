@@ -3,6 +3,7 @@ from rxapp.stepformat import (
     PRESCRIPTION_HEADER,
     SUMMARY_HEADER,
     Claim,
+    compose_summary,
     explanation_claims,
     parse_response,
     render_explanation,
@@ -10,13 +11,13 @@ from rxapp.stepformat import (
     render_response,
 )
 
-RESPONSE = render_response("主症：恶寒。", [("麻黄", "能发汗。"), ("桂枝", "能解肌。")], "诸药合用。")
+RESPONSE = render_response("主症：恶寒。", [("麻黄", "能发汗。"), ("桂枝", "能解肌。")])
 
 
 def test_round_trip():
     r = parse_response(RESPONSE)
     assert r.well_formed and r.herbs == ["麻黄", "桂枝"]
-    assert (r.analysis, r.summary) == ("主症：恶寒。", "诸药合用。")
+    assert (r.analysis, r.summary) == ("主症：恶寒。", "麻黄能发汗；桂枝能解肌。")
     steps = [(s.action, s.herb, s.explanation) for s in r.steps]
     assert steps == [("add", "麻黄", "能发汗。"), ("add", "桂枝", "能解肌。")]
     assert render_prompt(["恶寒", "头痛"], pregnant=True) == "症状：恶寒、头痛\n孕妇：是\n"
@@ -59,3 +60,13 @@ def test_explanation_claims_round_trip():
     assert explanation_claims(render_explanation(["止咳"], "咳嗽", "恶寒")) == [Claim("effect", "止咳"),
                                                                               Claim("indication", "咳嗽")]
     assert render_explanation() == NO_RECORD and explanation_claims(NO_RECORD) == []
+
+
+def test_the_composed_summary_names_every_herb_once_grouped_by_action_with_their_symptoms():
+    steps = [("麻黄", render_explanation(["发汗解表"], usage="恶寒发热")),
+             ("桂枝", render_explanation(["发汗解表", "温通经脉"], indication="无汗")),
+             ("杏仁", render_explanation(["止咳平喘"], usage="咳嗽")), ("甘草", NO_RECORD),
+             ("生姜", render_explanation(["发汗解表"], usage="恶寒发热"))]
+    assert compose_summary([]) == ""
+    assert compose_summary(steps) == ("麻黄、桂枝、生姜发汗解表，治恶寒发热、无汗；杏仁止咳平喘，治咳嗽；"
+                                      f"甘草（{NO_RECORD}）。")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.data.records import load_split
+from pipeline.metrics import summary_metrics
 from rxapp.backends import HFBackend, LlamaBackend, ModelLoadError, load_backend
 from rxapp.decoding import greedy_stop, stop_probability
 from rxapp.modelinfo import HF_METADATA, VOCABULARY_KEY, ModelMismatchError
@@ -153,3 +154,5 @@ def test_the_stepper_never_writes_a_drug_twice_or_an_other_name(llama):
         for herb in final.herbs:
             assert herb not in v.second_names(set(final.herbs) - {herb}), (record.id, herb, final.herbs)
         assert all(s.name == v.display_name(s.herb) for s in final.steps)
+        assert summary_metrics([final.summary], [final.herbs]) == {
+            "summary_coverage": 1.0, "summary_foreign": 0.0, "summary_repeats": 0.0}, final.summary

@@ -23,7 +23,7 @@ def stats():
 
 
 def response(herbs):
-    return render_response(render_analysis(["咳嗽"]), [(h, "解表") for h in herbs], "方解。")
+    return render_response(render_analysis(["咳嗽"]), [(h, "解表") for h in herbs])
 
 
 def test_implicit_pairs_follow_the_documented_rule(stats):
