@@ -1,7 +1,9 @@
-"""Herb knowledge (功效, 性味, 归经, KG taboo notes) for the vocabulary herbs, read from assets/knowledge/."""
+"""Herb knowledge for the vocabulary herbs, read from assets/knowledge/: the KG's 功效, 性味, 归经 and taboo
+notes, and the curated main actions (功效) and indications (主治) of the most-prescribed herbs."""
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,6 +13,7 @@ from rxapp.stepformat import NO_RECORD
 from rxapp.vocab import vocab
 
 KNOWLEDGE_FILE = ASSETS / "knowledge" / "herbs.json"
+MAIN_ACTIONS_FILE = ASSETS / "knowledge" / "main_actions.csv"
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,41 @@ def facts_for(name: str) -> HerbFacts | None:
     """Facts for a herb given by any name the vocabulary resolves (炒白术 -> 白术); None if unknown."""
     herb = vocab().resolve_herb(name).herb
     return knowledge().get(herb) if herb else None
+
+
+@dataclass(frozen=True)
+class MainActions:
+    """A herb's textbook main actions (功效) and indications (主治), curated with sources in main_actions.csv."""
+
+    herb: str
+    actions: tuple[str, ...]  # 功效 phrases in 药典/《中药学》 wording, e.g. 发汗解表
+    indications: tuple[str, ...]  # 主治 terms, the ones to match against a patient's symptoms
+    role: str  # textbook role and cautions (调和诸药, 要药, 有毒 …); "" where the reference read none
+    identity: str  # how the vocabulary name maps to a drug; "FLAG" marks an inferred or doubtful mapping
+    sources: str  # titles and URLs of the pages the text was read on
+    verified: bool  # the actions and indications were read in the cited pages (the identity may still be FLAGged)
+
+
+@lru_cache(maxsize=1)
+def main_actions() -> dict[str, MainActions]:
+    """Main actions of the curated herbs (not every vocabulary herb), keyed by vocabulary name."""
+    herbs = set(vocab().herbs)
+    table = {}
+    with MAIN_ACTIONS_FILE.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            where = f"{MAIN_ACTIONS_FILE}, line {reader.line_num}"
+            # an unknown name would silently never be looked up, and an empty action would explain nothing
+            if row["herb"] not in herbs:
+                raise ValueError(f"{where}: {row['herb']!r} is not a vocabulary herb")
+            if row["herb"] in table:
+                raise ValueError(f"{where}: {row['herb']} has a second row")
+            actions = tuple(a for a in row["actions"].split(";") if a)
+            if not actions:
+                raise ValueError(f"{where}: {row['herb']} has no actions")
+            if row["verified"] not in ("true", "false"):
+                raise ValueError(f"{where}: verified must be true or false, not {row['verified']!r}")
+            table[row["herb"]] = MainActions(
+                herb=row["herb"], actions=actions, indications=tuple(i for i in row["indications"].split(";") if i),
+                role=row["role"], identity=row["identity"], sources=row["source"], verified=row["verified"] == "true")
+    return table

@@ -1,4 +1,10 @@
-from rxapp.knowledge import facts_for, knowledge
+from collections import Counter
+
+import pytest
+
+import rxapp.knowledge as knowledge_module
+from pipeline.data.records import load_split
+from rxapp.knowledge import facts_for, knowledge, main_actions
 from rxapp.stepformat import NO_RECORD
 from rxapp.vocab import vocab
 
@@ -21,3 +27,65 @@ def test_family_fallback_and_missing_entries_are_explicit():
     assert missing.kg_match is None and missing.summary() == NO_RECORD
     assert facts_for("炒白术").herb == "白术"
     assert facts_for("不存在的药") is None
+
+
+# -- main actions (assets/knowledge/main_actions.csv, transcribed from the reference notes herb-main-actions.md) --
+
+# Herbs whose vocabulary name the reference maps to a drug only by inference or with a doubt (its FLAG, or ⚑ in part B)
+FLAGGED = {"附子", "木香", "芍药", "黄连", "杏", "桑", "豆蔻", "桃", "茴香", "乌头", "牛蒡", "藜",
+           "沙参", "寒水石", "何首乌", "皂荚", "枇杷", "郁李", "竹叶", "白芥", "小麦", "女贞"}
+
+
+def test_every_main_actions_row_is_a_vocabulary_herb_with_actions():
+    table = main_actions()
+    assert len(table) == 250
+    assert set(table) <= set(vocab().herbs)
+    assert all(m.actions and all(m.actions) for m in table.values())
+    assert all(m.herb == herb and m.sources for herb, m in table.items())
+
+
+def test_main_actions_cover_nine_tenths_of_the_training_prescriptions():
+    counts = Counter(h for r in load_split("train") for h in r.herbs)
+    share = sum(n for h, n in counts.items() if h in main_actions()) / sum(counts.values())
+    assert share >= 0.9, f"main_actions.csv covers {share:.2%} of herb occurrences in the training split"
+
+
+def test_main_actions_spot_checks_from_the_reference():
+    table = main_actions()
+    assert table["麻黄"].actions == ("发汗解表", "宣肺平喘", "利水消肿")
+    assert "发汗散寒" in table["麻黄"].identity  # the 药典 2020 wording the cited page did not have
+    assert "调和诸药" in table["甘草"].role and "调和诸药" in table["甘草"].actions
+    assert table["防风"].actions == ("祛风解表", "胜湿止痛", "止痉")
+    assert table["防风"].indications == ("感冒头痛", "风湿痹痛", "风疹瘙痒", "破伤风")
+    assert "奔豚" in table["桂枝"].indications and "平冲降气" in table["桂枝"].actions
+    assert table["何首乌"].actions[0] == "[生]解毒" and "[制]补肝肾" in table["何首乌"].actions
+    assert "胸胁、脘腹胀痛" in table["木香"].indications  # a term with a comma-like 、 stays one term
+    assert "ccwanglong.com" in table["猪苓"].sources and table["当归"].role == "酒当归长于活血通经"
+
+
+def test_main_actions_keep_the_references_flags_and_verification():
+    table = main_actions()
+    # the reference reads every row's actions and indications in a cited page: none is verified=false
+    assert {h for h, m in table.items() if not m.verified} == set()
+    assert {h for h, m in table.items() if "FLAG" in m.identity} == FLAGGED
+    assert table["沙参"].identity.startswith("FLAG: AMBIGUOUS") and table["竹叶"].identity.startswith("FLAG: 竹叶")
+    # identities the reference calls unverified (inferred readings of a short or classical name) say so
+    for herb in ("芍药", "桑", "桃", "茴香", "乌头", "藜"):
+        assert "unverified" in table[herb].identity and "FLAG" in table[herb].identity, herb
+    assert table["芍药"].identity.startswith("Fields = 白芍") and table["白芍"].identity == ""
+
+
+def test_main_actions_reject_unknown_herbs_and_empty_actions(tmp_path, monkeypatch):
+    header = "herb,actions,indications,role,identity,source,verified\n"
+    for body, message in (("甘草,补脾益气,,,,s,true\n不存在的药,止痛,,,,s,true\n", "line 3: '不存在的药' is not"),
+                          ("甘草,,脾胃虚弱,,,s,true\n", "line 2: 甘草 has no actions")):
+        path = tmp_path / "main_actions.csv"
+        path.write_text(header + body, encoding="utf-8")
+        monkeypatch.setattr(knowledge_module, "MAIN_ACTIONS_FILE", path)
+        main_actions.cache_clear()
+        try:
+            with pytest.raises(ValueError, match=message) as err:
+                main_actions()
+            assert str(path) in str(err.value)
+        finally:
+            main_actions.cache_clear()
