@@ -78,14 +78,13 @@ def run_unpack(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import differences, evaluate_baseline, evaluate_model, format_table, reference_row
+    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_table, reference_row, with_differences
     from pipeline.runfolder import write_json
 
     views = args.lists
     if args.model:
-        rows = [row for path in args.model
-                for row in evaluate_model(path, args.split, args.limit, args.stepper, args.screen_weight, views)]
-        rows += differences(rows)
+        rows = with_differences([row for path in args.model for row in
+                                 evaluate_model(path, args.split, args.limit, args.stepper, args.screen_weight, views)])
         compared = [evaluate_baseline(name, args.split, args.limit, view) for view in views for name in BASELINES]
         first = args.model[0]
         name = f"eval-{args.split}" + (f"-stepper-{first.stem}" if rows[0].get("decoding") else "")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pipeline.data.baselines import BASELINES, KNN, rank
 from pipeline.data.records import HERB_LISTS, Record, load_split
-from pipeline.data.teacher import TrainStats, claim_is_grounded
+from pipeline.data.teacher import TrainStats, claim_is_grounded, step_is_relevant
 from pipeline.metrics import jaccard, names_a_drug_twice, prescription_metrics, ranking_metrics, summary_metrics
 from rxapp.backends import Backend
 from rxapp.modelinfo import saved_stop_threshold
@@ -34,7 +35,7 @@ PUBLISHED = {
 }
 COLUMNS = ("P@5", "P@10", "P@20", "R@5", "R@10", "R@20", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate",
            "pairwise_incompat", "safety_cost", "two_names", "avg_herbs", "grounding", "format_validity",
-           "summary_coverage", "summary_foreign", "summary_repeats")
+           "step_relevance", "first_symptom", "summary_coverage", "summary_foreign", "summary_repeats")
 KNN_KS = (5, 10, 20, 50, 100, 200)
 MAX_PRESCRIPTION = 20
 
@@ -80,15 +81,35 @@ def score(predictions: Sequence[Prediction], records: Sequence[Record], lists: s
     }
     responses = [p.response for p in predictions if p.response is not None]
     if responses:
-        stats = TrainStats.from_records(load_split("train"))
-        claims = [claim_is_grounded(claim, step.herb, r.symptoms, stats)
-                  for p, r in zip(predictions, records, strict=True)
-                  for step in p.response.steps if step.valid and step.action == "add"
-                  for claim in explanation_claims(step.explanation)]
-        metrics["grounding"] = sum(claims) / len(claims) if claims else 0.0
+        metrics |= explanation_metrics(predictions, records)
         metrics["format_validity"] = sum(r.well_formed for r in responses) / len(responses)
         metrics |= summary_metrics([r.summary for r in responses], [r.herbs for r in responses])
     return metrics
+
+
+@cache
+def training_stats() -> TrainStats:
+    return TrainStats.from_records(load_split("train"))
+
+
+def explanation_metrics(predictions: Sequence[Prediction], records: Sequence[Record]) -> dict[str, float]:
+    """Of the steps' explanations: grounding, the share of claims that check out (claim_is_grounded);
+    step_relevance, the share of steps whose reason is relevant (step_is_relevant); first_symptom, for patients with
+    two or more symptoms, the share of steps citing a symptom that cite the first one (a teacher that always cites
+    the first symptom shows 1)."""
+    stats = training_stats()
+    steps = [(step, r) for p, r in zip(predictions, records, strict=True) if p.response is not None
+             for step in p.response.steps if step.valid and step.action == "add"]
+    claims = [claim_is_grounded(claim, step.herb, r.symptoms, stats)
+              for step, r in steps for claim in explanation_claims(step.explanation)]
+    relevant = [step_is_relevant(step.herb, step.explanation, r.symptoms, stats) for step, r in steps]
+    cited = [claims_of[0].value == r.symptoms[0] for step, r in steps if len(r.symptoms) >= 2
+             if (claims_of := [c for c in explanation_claims(step.explanation) if c.kind != "effect"])]
+    return {"grounding": share(claims), "step_relevance": share(relevant), "first_symptom": share(cited)}
+
+
+def share(flags: Sequence[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 0.0
 
 
 def baseline_predictor(name: str, train: Sequence[Record], size: int, k: int | None = None) -> Predictor:
@@ -204,15 +225,15 @@ def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: st
              **score(predictions, load_split(split, view)[:limit], view), **decoding} for view in lists]
 
 
-def differences(rows: list[dict]) -> list[dict]:
-    """Each later model's metrics minus the first's on the same herb lists (e.g. DPO against the SFT model it
-    started from)."""
+def with_differences(rows: list[dict]) -> list[dict]:
+    """Models' rows grouped by herb lists, each group followed by each later model's metrics minus the first's on
+    the same lists (e.g. DPO against the SFT model it started from)."""
     out = []
     for view in dict.fromkeys(r["lists"] for r in rows):
-        first, *later = [r for r in rows if r["lists"] == view]
-        out += [{"model": f"Δ {r['model']} − {first['model']}", "split": first["split"], "lists": view,
-                 **{k: v - first[k] for k, v in r.items() if isinstance(v, float) and isinstance(first.get(k), float)}}
-                for r in later]
+        first, *later = same = [r for r in rows if r["lists"] == view]
+        out += same + [{"model": f"Δ {r['model']} − {first['model']}", "split": first["split"], "lists": view,
+                        **{k: v - first[k] for k, v in r.items()
+                           if isinstance(v, float) and isinstance(first.get(k), float)}} for r in later]
     return out
 
 

@@ -151,7 +151,7 @@ def evaluate(run: Run) -> dict:
     the doctors' own prescriptions, on raw and clean herb lists, in RUN/evaluate/SPLIT.json."""
     from pipeline.data.baselines import BASELINES
     from pipeline.data.records import HERB_LISTS
-    from pipeline.evaluate import differences, evaluate_baseline, evaluate_model, format_table, reference_row
+    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_table, reference_row, with_differences
     from pipeline.release.export import SHIPPED, shipped_gguf
 
     settings = run.cfg.evaluate
@@ -163,11 +163,10 @@ def evaluate(run: Run) -> dict:
         else:
             best = run.folder.best(stage, run.cfg.grpo.alpha)
             models[name] = shipped_gguf(best, best.parent / "export")
-    rows = [row | {"model": name} for name, gguf in models.items()
-            for row in evaluate_model(gguf, settings.split, settings.limit, "llama", settings.screen_weight)]
+    rows = with_differences([row | {"model": name} for name, gguf in models.items() for row in
+                             evaluate_model(gguf, settings.split, settings.limit, "llama", settings.screen_weight)])
     summary = {f"{row['model']} ({row['lists']})": {k: row[k] for k in ("P@5", "F1@10", "incompat_rate", "two_names")}
-               for row in rows}
-    rows += differences(rows)
+               for row in rows if not row["model"].startswith("Δ")}
     rows += [evaluate_baseline(name, settings.split, settings.limit, view) for view in HERB_LISTS
              for name in BASELINES]
     rows += [reference_row(settings.split, settings.limit, view) for view in HERB_LISTS]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from math import prod, tanh
 
-from rxapp.knowledge import knowledge
+from rxapp.knowledge import treats
 from rxapp.modelinfo import DEFAULT_STOP_THRESHOLD, ModelMismatchError
 from rxapp.stepformat import ADD, INDICATION, USAGE
 from rxapp.vocab import vocab
@@ -70,11 +70,11 @@ def greedy_stop(stop_probabilities: Sequence[float], threshold: float = DEFAULT_
 
 
 def claim_targets(tokenize: Callable[[str], list[int]], herb: str, symptoms: Sequence[str]) -> dict[int, list[int]]:
-    """What may follow 主治 and 用于 in a step's explanation: a symptom of this patient (for 主治, one the knowledge
-    graph lists for the herb, when there is one). Empty when the tokenizer does not make those words one token."""
+    """What may follow 主治 and 用于 in a step's explanation: a symptom of this patient (for 主治, one the herb's
+    sources say it treats, when there is one: rxapp.knowledge.treats). Empty when the tokenizer does not make those
+    words one token."""
     words = {w: tokenize(w) for w in (INDICATION, USAGE, *symptoms)}
     if any(len(t) != 1 for t in words.values()):
         return {}
-    facts = knowledge().get(herb)
-    indicated = [s for s in symptoms if facts and s in facts.effects] or list(symptoms)
+    indicated = [s for s in symptoms if treats(herb, s)] or list(symptoms)
     return {words[INDICATION][0]: [words[s][0] for s in indicated], words[USAGE][0]: [words[s][0] for s in symptoms]}

@@ -1,5 +1,6 @@
 """Herb knowledge for the vocabulary herbs, read from assets/knowledge/: the KG's 功效, 性味, 归经 and taboo
-notes, and the curated main actions (功效) and indications (主治) of the most-prescribed herbs."""
+notes, the curated main actions (功效) and indications (主治) of the most-prescribed herbs, and from both the
+actions a step may cite for a herb and whether a herb treats a symptom."""
 
 from __future__ import annotations
 
@@ -98,3 +99,35 @@ def main_actions() -> dict[str, MainActions]:
                 herb=row["herb"], actions=actions, indications=tuple(i for i in row["indications"].split(";") if i),
                 role=row["role"], identity=row["identity"], sources=row["source"], verified=row["verified"] == "true")
     return table
+
+
+# First characters of 功效 phrases (补脾益气, 清热解毒 …); the KG mixes these with 主治 (indications).
+ACTION_VERBS = frozenset("清利消祛补止解通活散凉益温润健破化除行养舒泻理滋宣平安和调缓收敛固涩开醒降升发息定燥渗宁"
+                         "排托软逐杀透纳回助暖壮退镇驱截")
+NOT_ACTIONS = frozenset({"发热", "发黄", "消渴", "温疟", "温病", "泻痢", "化脓", "行经", "发狂", "发疹", "消化不良"})
+ROLE_ACTIONS = frozenset({"调和诸药"})  # a herb's role in the formula: citable without a symptom
+
+
+@lru_cache(maxsize=4096)
+def herb_actions(herb: str) -> tuple[str, ...]:
+    """The 功效 a step may cite for a vocabulary herb, main first: its curated main actions, except those limited to
+    one processing or use (煅用, 外用), else the knowledge graph's action-like effects in the graph's order."""
+    curated = main_actions().get(herb)
+    if curated:
+        return tuple(a for a in curated.actions if "(" not in a and "（" not in a)
+    symptoms = vocab().symptom_id
+    facts = knowledge().get(herb)
+    return tuple(e for e in (facts.effects if facts else ()) if 2 <= len(e) <= 6 and e[0] in ACTION_VERBS
+                 and e not in NOT_ACTIONS and e not in symptoms)
+
+
+@lru_cache(maxsize=65536)
+def treats(herb: str, symptom: str) -> bool:
+    """Whether a herb's sources name the symptom among what it treats: inside one of its curated 主治 terms (咳嗽 in
+    咳嗽痰多) or containing one (头痛 for the term 头痛), or as a knowledge-graph effect."""
+    curated = main_actions().get(herb)
+    if curated and len(symptom) >= 2 and any(symptom in term or (len(term) >= 2 and term in symptom)
+                                            for term in curated.indications):
+        return True
+    facts = knowledge().get(herb)
+    return bool(facts) and symptom in facts.effects

@@ -1,31 +1,81 @@
-"""The offline knowledge teacher: writes the 处方 steps and the 方解 from the herb knowledge and from statistics of
-the training split only (the 症状分析 restates the presenting symptoms; see rxapp.stepformat). Every claim it
-makes is a knowledge-graph fact or a training statistic; it is deterministic, so its output can be cached and
-reproduced.
+"""The offline knowledge teacher: writes the 处方 steps from the herb knowledge and from statistics of the training
+split only (the 症状分析 restates the presenting symptoms and the 方解 is composed from the steps; see
+rxapp.stepformat). Every claim it makes is a sourced fact or a training statistic; it is deterministic, so its
+output can be cached and reproduced.
 
-Step order: a record's herbs are ordered most certain first given its symptoms: by the co-occurrence score
-Σ_s P(herb | s) on the training split, then by training popularity, then by vocabulary id. The first steps are
-thus the herbs the symptoms predict best, and later steps the more individual choices.
+Explanation: for each herb, the (main action, symptom) pair of this patient that best says why it is there. A pair
+is a candidate when the action goes with the symptom beyond chance in the training prescriptions (a positive log
+lift: prescriptions whose other herbs have the action were written for patients with the symptom more often than
+chance; ActionAssociation), and the herb's sources name the symptom among what it treats (rxapp.knowledge.treats)
+or training prescriptions gave the herb for it. A candidate scores its lift, plus 1 when the sources name the
+symptom. The best is cited, as 主治 when the sources name the symptom and 用于 otherwise; with none, the herb's role
+(调和诸药) when it has one, else its first main action alone, for no symptom. It never cites an action the herb's
+sources do not give.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from pipeline.data.baselines import CoOccurrence, herb_matrix
 from pipeline.data.records import Record
-from rxapp.knowledge import HerbFacts, knowledge
-from rxapp.stepformat import Claim, render_analysis, render_explanation, render_prompt, render_response
+from rxapp.knowledge import ROLE_ACTIONS, herb_actions, knowledge, main_actions, treats
+from rxapp.stepformat import (
+    Claim,
+    explanation_claims,
+    render_analysis,
+    render_explanation,
+    render_prompt,
+    render_response,
+)
 from rxapp.vocab import vocab
 
-# First characters of 功效 phrases (补脾益气, 清热解毒 …); the KG mixes these with 主治 (indications).
-ACTION_VERBS = frozenset("清利消祛补止解通活散凉益温润健破化除行养舒泻理滋宣平安和调缓收敛固涩开醒降升发息定燥渗宁"
-                         "排托软逐杀透纳回助暖壮退镇驱截")
-NOT_ACTIONS = frozenset({"发热", "发黄", "消渴", "温疟", "温病", "泻痢", "化脓", "行经", "发狂", "发疹", "消化不良"})
-MAX_EFFECTS = 1
+SMOOTHING = 5.0  # pseudo-prescriptions added to both sides of a lift, so that rare actions do not win on a few
+
+
+class ActionAssociation:
+    """Which actions (功效) of the prescribed herbs go with which symptoms beyond chance in the training
+    prescriptions: a prescription has an action when one of its herbs does (rxapp.knowledge.herb_actions). For one
+    herb's explanation it is measured without that herb, so that the patients 麻黄 was given for do not make every
+    action of 麻黄 look like it treats their symptoms: only the other herbs sharing the action speak for it."""
+
+    def __init__(self, train: Sequence[Record]) -> None:
+        v = vocab()
+        actions = sorted({a for h in v.herbs for a in herb_actions(h)})
+        self.index = {a: i for i, a in enumerate(actions)}
+        self.herbs = [set(r.herbs) for r in train]
+        self.carriers = np.zeros((len(train), len(actions)), dtype=np.uint8)  # herbs of the record with the action
+        self.symptoms = np.zeros((len(train), len(v.symptoms)), dtype=np.float32)
+        for row, record in enumerate(train):
+            for herb in record.herbs:
+                self.carriers[row, [self.index[a] for a in herb_actions(herb)]] += 1
+            self.symptoms[row, [v.symptom_id[s] for s in record.symptoms]] = 1
+        self.together = (self.carriers > 0).T.astype(np.float32) @ self.symptoms  # actions × symptoms
+        self.with_action = (self.carriers > 0).sum(axis=0)
+        self.with_symptom = self.symptoms.sum(axis=0)
+
+    @lru_cache(maxsize=1024)  # noqa: B019 (one per teacher run; the herbs' lifts are asked again for every record)
+    def lifts_without(self, herb: str) -> dict[str, np.ndarray]:
+        """For each action of `herb`: its smoothed log lift with every symptom, `herb`'s own prescriptions counting
+        for the action only where another of their herbs has it."""
+        rows = [i for i, herbs in enumerate(self.herbs) if herb in herbs]
+        out = {}
+        for action in herb_actions(herb):
+            a = self.index[action]
+            only_this = [r for r in rows if self.carriers[r, a] == 1]
+            together = self.together[a] - self.symptoms[only_this].sum(axis=0)
+            expected = (self.with_action[a] - len(only_this)) * self.with_symptom / len(self.herbs)
+            out[action] = np.log((together + SMOOTHING) / (expected + SMOOTHING))
+        return out
+
+    def lift(self, herb: str, action: str, symptom: str) -> float:
+        """> 0: prescriptions whose other herbs have `action` were written for `symptom` more often than chance."""
+        lifts = self.lifts_without(herb)
+        return float(lifts[action][vocab().symptom_id[symptom]]) if action in lifts else -np.inf
 
 
 @dataclass
@@ -34,10 +84,11 @@ class TrainStats:
 
     conditional: np.ndarray  # symptoms × herbs: P(herb | symptom)
     popularity: np.ndarray  # herbs: number of training prescriptions
+    actions: ActionAssociation
 
     @classmethod
     def from_records(cls, train: Sequence[Record]) -> TrainStats:
-        return cls(CoOccurrence().fit(train).conditional, herb_matrix(train).sum(axis=0))
+        return cls(CoOccurrence().fit(train).conditional, herb_matrix(train).sum(axis=0), ActionAssociation(train))
 
     def p(self, herb: str, symptom: str) -> float:
         v = vocab()
@@ -57,31 +108,54 @@ class TrainStats:
         return best if best is not None and self.p(herb, best) > 0 else None
 
 
-def action_effects(facts: HerbFacts, n: int = MAX_EFFECTS) -> list[str]:
-    """The herb's first `n` 功效 phrases, in KG order."""
-    symptoms = vocab().symptom_id
-    return [e for e in facts.effects if 2 <= len(e) <= 6 and e[0] in ACTION_VERBS and e not in NOT_ACTIONS
-            and e not in symptoms][:n]
-
-
 def claim_is_grounded(claim: Claim, herb: str, symptoms: Sequence[str], stats: TrainStats) -> bool:
-    """A 功效 or 主治 claim must be a KG fact about the herb (主治 also a symptom of this patient); a 用于 claim
-    must name a symptom of this patient with which training prescriptions gave the herb."""
-    facts = knowledge()[herb]
+    """A 功效 claim must be a sourced fact about the herb (a KG effect or a curated main action); a 主治 claim must
+    name a symptom of this patient that the herb's sources say it treats; a 用于 claim must name a symptom of this
+    patient with which training prescriptions gave the herb."""
     if claim.kind == "effect":
-        return claim.value in facts.effects
+        curated = main_actions().get(herb)
+        return claim.value in knowledge()[herb].effects or (bool(curated) and claim.value in curated.actions)
     if claim.kind == "indication":
-        return claim.value in facts.effects and claim.value in symptoms
+        return claim.value in symptoms and treats(herb, claim.value)
     return claim.value in symptoms and claim.value in vocab().symptom_id and stats.p(herb, claim.value) > 0
 
 
+def pair_score(herb: str, action: str, symptom: str, stats: TrainStats) -> float:
+    """How well "this action, for this symptom" says why the herb is there (see the module docstring); -inf when
+    the action does not go with the symptom beyond chance."""
+    lift, named = stats.actions.lift(herb, action, symptom), treats(herb, symptom)
+    if lift <= 0 or not (named or stats.p(herb, symptom) > 0):  # 用于 claims a herb was given for the symptom
+        return -np.inf
+    return lift + named
+
+
+def step_is_relevant(herb: str, explanation: str, symptoms: Sequence[str], stats: TrainStats) -> bool:
+    """A step's reason is relevant when it cites a main action of the herb (herb_actions) for a symptom of this
+    patient that went with that action beyond chance in training (ActionAssociation.lift > 0), or cites the herb's
+    role alone (调和诸药)."""
+    claims = explanation_claims(explanation)
+    actions = [c.value for c in claims if c.kind == "effect"]
+    cited = [c.value for c in claims if c.kind != "effect" and c.value in symptoms]
+    if not actions or actions[0] not in herb_actions(herb):
+        return False
+    if not cited:
+        return actions[0] in ROLE_ACTIONS
+    return any(stats.actions.lift(herb, actions[0], s) > 0 for s in cited)
+
+
 def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:
-    """Why this herb for these symptoms: its first 功效, and the symptom it treats (KG) or was most often prescribed
-    for in training (statistics)."""
-    facts = knowledge()[herb]
-    indication = next((s for s in symptoms if s in facts.effects), None)
-    usage = None if indication else stats.usage(herb, symptoms)
-    return render_explanation(action_effects(facts), indication, usage)
+    """Why this herb for this patient: the best-scoring (main action, symptom) pair, its role, or its first main
+    action (see the module docstring)."""
+    actions = herb_actions(herb)
+    pairs = [(pair_score(herb, a, s, stats), -i, -j, a, s) for i, a in enumerate(actions)
+             for j, s in enumerate(symptoms)]
+    score, _, _, action, symptom = max(pairs, default=(-np.inf, 0, 0, None, None))
+    if score > 0:
+        return render_explanation([action], *((symptom, None) if treats(herb, symptom) else (None, symptom)))
+    role = next((a for a in actions if a in ROLE_ACTIONS), None)
+    if role or actions:
+        return render_explanation([role or actions[0]])
+    return render_explanation(usage=stats.usage(herb, symptoms))
 
 
 def teach(record: Record, stats: TrainStats) -> dict:

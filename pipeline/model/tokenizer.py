@@ -15,8 +15,7 @@ from itertools import pairwise
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from pipeline.data.teacher import action_effects
-from rxapp.knowledge import knowledge
+from rxapp.knowledge import herb_actions
 from rxapp.stepformat import FORMAT_WORDS, render_explanation, render_prompt, render_response
 from rxapp.vocab import vocab
 
@@ -41,8 +40,8 @@ def byte_alphabet() -> dict[int, str]:
 def domain_words() -> list[str]:
     """Everything that must be one token: herbs, symptoms, the teacher's 功效 phrases, the format's words."""
     v = vocab()
-    effects = {e for facts in knowledge().values() for e in action_effects(facts)}
-    return sorted({*v.herbs, *v.symptoms, *effects, *FORMAT_WORDS})
+    actions = {a for herb in v.herbs for a in herb_actions(herb)}
+    return sorted({*v.herbs, *v.symptoms, *actions, *FORMAT_WORDS})
 
 
 def format_characters() -> set[str]:

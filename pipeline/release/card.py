@@ -17,7 +17,8 @@ from rxapp.stepper import StepperConfig
 
 DEFAULT_STAGES = ("distill", "sft", "export")  # what `pipeline sft` then `pipeline export` produce
 CARD_COLUMNS = ("P@5", "F1@5", "F1@10", "F1@20", "Jaccard", "incompat_rate", "safety_cost", "two_names", "avg_herbs",
-                "grounding", "format_validity", "summary_coverage", "summary_foreign", "summary_repeats")
+                "grounding", "step_relevance", "first_symptom", "format_validity", "summary_coverage",
+                "summary_foreign", "summary_repeats")
 LISTS_HEADINGS = {"raw": "herb lists as published (comparable with the published results; every ranker gets free "
                          "hits on substring artefacts such as 杏 beside 杏仁)",
                   "clean": "herb lists cleaned of their substring artefacts, one name per drug (assets/vocab/"

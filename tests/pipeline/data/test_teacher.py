@@ -3,7 +3,8 @@ import json
 import pytest
 
 from pipeline.data.records import load_split
-from pipeline.data.teacher import TrainStats, claim_is_grounded, teach
+from pipeline.data.teacher import TrainStats, claim_is_grounded, explain, step_is_relevant, teach
+from rxapp.knowledge import herb_actions
 from rxapp.stepformat import Claim, explanation_claims, parse_response
 
 
@@ -59,3 +60,27 @@ def test_distill_writes_jsonl_and_reuses_its_cache(cli, tmp_path):
     stamp = (tmp_path / "validation.jsonl").stat().st_mtime_ns
     assert cli("-m", "pipeline", "distill", "--split", "validation", "--out", str(tmp_path)).returncode == 0
     assert (tmp_path / "validation.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_a_step_cites_a_main_action_for_a_symptom_that_goes_with_it(stats):
+    symptoms = ["恶寒发热", "无汗", "头痛", "身痛", "咳嗽", "气喘"]
+    assert explain("麻黄", symptoms, stats) == "发汗解表，主治无汗"
+    for herb in ("甘草", "杏仁", "桂枝", "防风", "茯苓", "干姜"):
+        claims = explanation_claims(explain(herb, symptoms, stats))
+        assert claims[0].kind == "effect" and claims[0].value in herb_actions(herb), (herb, claims)
+        assert step_is_relevant(herb, explain(herb, symptoms, stats), symptoms, stats) or len(claims) == 1
+
+
+def test_step_relevance_on_hand_made_steps(stats):
+    assert step_is_relevant("麻黄", "发汗解表，主治无汗", ["无汗"], stats)
+    assert not step_is_relevant("防风", "安神，用于恶寒发热", ["恶寒发热"], stats)  # not a main action of 防风
+    assert not step_is_relevant("麻黄", "发汗解表，用于头晕", ["无汗"], stats)  # not this patient's symptom
+    assert step_is_relevant("甘草", "调和诸药", ["咳嗽"], stats) and not step_is_relevant("麻黄", "发汗解表", [], stats)
+
+
+def test_the_cited_symptom_is_the_likeliest_not_the_first(stats):
+    cited = [(claim.value, record.symptoms[0])
+             for record in load_split("validation")[:300] if len(record.symptoms) >= 2
+             for step in parse_response(teach(record, stats)["response"]).steps
+             for claim in explanation_claims(step.explanation) if claim.kind != "effect"]
+    assert len(cited) > 300 and sum(c == first for c, first in cited) / len(cited) < 0.6

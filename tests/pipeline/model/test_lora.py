@@ -46,4 +46,4 @@ def test_lora_fine_tuning_of_a_local_base(tmp_path, cli):
     evaluated = cli("-m", "pipeline", "evaluate", "--model", str(best), "--split", "validation", "--limit", "16",
                     "--json", "--out", str(tmp_path / "eval.json"))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert json.loads(evaluated.stdout)["n"] == 16
+    assert [(r["lists"], r["n"]) for r in json.loads(evaluated.stdout)] == [("raw", 16), ("clean", 16)]

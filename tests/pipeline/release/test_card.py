@@ -13,9 +13,11 @@ def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
     result = cli("-m", "pipeline", "evaluate", "--model", str(gguf), "--split", "test", "--limit", "8",
                  "--screen-weight", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    row = json.loads(out.read_text(encoding="utf-8"))
+    row, clean = json.loads(out.read_text(encoding="utf-8"))  # one row per herb-list view: raw, then clean
     assert row["decoding"] == "stepper:llama" and row["screen_weight"] == 1 and row["n"] == 8
     assert row["format_validity"] == 1.0 and 0 <= row["P@5"] <= 1  # the stepper only writes parseable steps
+    assert (row["lists"], clean["lists"]) == ("raw", "clean") and row["two_names"] == clean["two_names"] == 0
+    assert row["summary_coverage"] == 1.0 and row["summary_foreign"] == row["summary_repeats"] == 0  # composed
 
     result = cli("-m", "pipeline", "card", "--export", str(micro_export), "--config", "configs/micro.yaml",
                  "--eval", str(out))
@@ -23,7 +25,8 @@ def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
     card = model_card(gguf)
     assert card == (micro_export / "card.md").read_text(encoding="utf-8")
     assert "not a diagnosis" in card and "TCMRGCL (published)" in card
-    assert f"{row['P@5']:.4f}" in card and "stepper:llama, screen 1" in card
+    assert f"{row['P@5']:.4f}" in card and f"{clean['P@5']:.4f}" in card and "stepper:llama, screen 1" in card
+    assert "herb lists as published" in card and "cleaned of their substring artefacts" in card
     assert file_sha256(gguf) in card
     assert model_card(micro_export / "hf") == card  # an export's hf/ folder shows the export's card
 

@@ -109,7 +109,8 @@ def test_prefs_then_dpo_and_kto_on_the_micro_run(micro_run, micro_small, feedbac
     result = cli("-m", "pipeline", "evaluate", "--model", str(sft), str(best), "--split", "validation", "--limit",
                  "20", "--json", "--out", str(micro_run / "dpo" / "against-sft.json"))
     assert result.returncode == 0, result.stderr[-3000:]
-    before, after, delta = json.loads(result.stdout)
+    before, after, delta, *clean = json.loads(result.stdout)  # raw herb lists first, then the same on clean ones
+    assert [r["lists"] for r in clean] == ["clean"] * 3
     assert (before["model"], after["model"]) == (str(sft), str(best)) and after["format_validity"] > 0
     assert delta["model"].startswith("Δ") and delta["F1@10"] == after["F1@10"] - before["F1@10"]
     assert "Δ" in result.stderr  # the table shows the difference row

@@ -47,7 +47,7 @@ def test_model_evaluation_reports_grounding_and_validity(micro_run, cli, tmp_pat
     result = cli("-m", "pipeline", "evaluate", "--model", str(micro_run / "sft" / "best"), "--split", "validation",
                  "--limit", "40", "--json", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    row = json.loads(result.stdout)
+    row = json.loads(result.stdout)[0]  # raw herb lists, then clean
     assert row["n"] == 40 and {"P@5", "F1@10", "grounding", "format_validity", "incompat_rate"} <= row.keys()
     assert "cooccurrence" in result.stderr  # shown beside the baselines
 
