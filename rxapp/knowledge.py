@@ -111,14 +111,15 @@ ROLE_ACTIONS = frozenset({"调和诸药"})  # a herb's role in the formula: cita
 @lru_cache(maxsize=4096)
 def herb_actions(herb: str) -> tuple[str, ...]:
     """The 功效 a step may cite for a vocabulary herb, main first: its curated main actions, except those limited to
-    one processing or use (煅用, 外用), else the knowledge graph's action-like effects in the graph's order."""
+    one processing or use (煅用, 外用, [制]), else the knowledge graph's action-like effects in the graph's order."""
     curated = main_actions().get(herb)
-    if curated:
-        return tuple(a for a in curated.actions if "(" not in a and "（" not in a)
-    symptoms = vocab().symptom_id
-    facts = knowledge().get(herb)
-    return tuple(e for e in (facts.effects if facts else ()) if 2 <= len(e) <= 6 and e[0] in ACTION_VERBS
-                 and e not in NOT_ACTIONS and e not in symptoms)
+    actions = [a for a in curated.actions if not set(a) & set("(（[")] if curated else []
+    if not actions:
+        symptoms = vocab().symptom_id
+        facts = knowledge().get(herb)
+        actions = [e for e in (facts.effects if facts else ()) if 2 <= len(e) <= 6 and e[0] in ACTION_VERBS
+                   and e not in NOT_ACTIONS and e not in symptoms]
+    return tuple(dict.fromkeys(a.replace("、", "") for a in actions))  # 、 separates an explanation's actions
 
 
 @lru_cache(maxsize=65536)

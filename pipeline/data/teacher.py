@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.data.baselines import CoOccurrence, herb_matrix
 from pipeline.data.records import Record
-from rxapp.knowledge import ROLE_ACTIONS, herb_actions, knowledge, main_actions, treats
+from rxapp.knowledge import ROLE_ACTIONS, herb_actions, knowledge, treats
 from rxapp.stepformat import (
     Claim,
     explanation_claims,
@@ -109,12 +109,11 @@ class TrainStats:
 
 
 def claim_is_grounded(claim: Claim, herb: str, symptoms: Sequence[str], stats: TrainStats) -> bool:
-    """A 功效 claim must be a sourced fact about the herb (a KG effect or a curated main action); a 主治 claim must
+    """A 功效 claim must be a sourced fact about the herb (a KG effect or a citable main action); a 主治 claim must
     name a symptom of this patient that the herb's sources say it treats; a 用于 claim must name a symptom of this
     patient with which training prescriptions gave the herb."""
     if claim.kind == "effect":
-        curated = main_actions().get(herb)
-        return claim.value in knowledge()[herb].effects or (bool(curated) and claim.value in curated.actions)
+        return claim.value in knowledge()[herb].effects or claim.value in herb_actions(herb)
     if claim.kind == "indication":
         return claim.value in symptoms and treats(herb, claim.value)
     return claim.value in symptoms and claim.value in vocab().symptom_id and stats.p(herb, claim.value) > 0
