@@ -4,7 +4,9 @@ herbs; and how well a 方解 fits its prescription."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
+from rxapp.knowledge import herb_actions
 from rxapp.safety import incompatible_pairs, safety_cost
 from rxapp.vocab import vocab
 
@@ -50,15 +52,27 @@ def names_a_drug_twice(herbs: Sequence[str]) -> bool:
     return len(vocab().clean_herbs(herbs)) < len(set(herbs))
 
 
+@cache
+def _terms_by_first_char() -> dict[str, list[str]]:
+    """Herb names, citable actions and symptoms, longest first under each first character."""
+    v = vocab()
+    terms = {*v.herbs, *v.symptoms, *(a for h in v.herbs for a in herb_actions(h))}
+    by_char: dict[str, list[str]] = {}
+    for term in sorted(terms, key=len, reverse=True):
+        by_char.setdefault(term[0], []).append(term)
+    return by_char
+
+
 def herbs_named(text: str) -> list[str]:
-    """The vocabulary herbs a text names, read left to right, the longest name at each place (白附子, not 附子)."""
-    names = vocab().herbs_by_first_char
+    """The vocabulary herbs a text names, read left to right as herbs, actions and symptoms, the longest term at
+    each place: 白附子, not 附子; 醒神益智 is an action, not the herb 益智."""
+    terms, herbs = _terms_by_first_char(), vocab().herb_id
     found, i = [], 0
     while i < len(text):
-        name = next((n for n in names.get(text[i], ()) if text.startswith(n, i)), None)
-        if name:
-            found.append(name)
-        i += len(name) if name else 1
+        term = next((t for t in terms.get(text[i], ()) if text.startswith(t, i)), None)
+        if term in herbs:
+            found.append(term)
+        i += len(term) if term else 1
     return found
 
 

@@ -149,9 +149,6 @@ class Vocab:
             self.family_of.setdefault(name, self.family_of.get(canonical, canonical))
             self.family_of.setdefault(canonical, self.family_of[name])
         self.longer_names = {t: frozenset(a.of) for t, a in self.artefacts.items()}
-        self.herbs_by_first_char: dict[str, list[str]] = {}  # longest first, for reading herb names in a text
-        for herb in sorted(self.herbs, key=len, reverse=True):
-            self.herbs_by_first_char.setdefault(herb[0], []).append(herb)
 
     # -- herbs ---------------------------------------------------------------------------------------------
     @lru_cache(maxsize=4096)  # noqa: B019 (one vocabulary per process; the stepper asks the same names every step)

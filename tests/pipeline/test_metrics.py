@@ -3,6 +3,7 @@
 import pytest
 
 from pipeline.metrics import (
+    herbs_named,
     jaccard,
     names_a_drug_twice,
     pairwise_incompatibility,
@@ -66,3 +67,7 @@ def test_summary_metrics_catch_loops_missing_and_foreign_herbs():
     broken = summary_metrics(["甘草补脾益气；半夏燥湿化痰；半夏燥湿化痰。"], [herbs])
     assert broken["summary_coverage"] == pytest.approx(1 / 3)
     assert broken["summary_foreign"] == 1.0 and broken["summary_repeats"] == 1.0
+
+
+def test_herbs_are_read_apart_from_the_actions_that_contain_their_names():
+    assert herbs_named("石菖蒲醒神益智，治耳聋；白附子祛风痰。") == ["石菖蒲", "白附子"]
