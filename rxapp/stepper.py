@@ -172,8 +172,8 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
     tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
     while True:  # ids end with a newline: another step, or stop
         allowed = fmt.allowed(ids[start:], cfg.max_herbs)
-        if result.steps and len(ids) + cfg.max_explanation_tokens >= backend.n_ctx:
-            allowed = [fmt.stop]  # no room for another step in the model's context
+        if result.steps and len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
+            allowed = [fmt.stop]  # no room for another step (加, the herb, its explanation) in the model's context
         if len(allowed) == 1:
             marker = allowed[0]
         elif cfg.temperature > 0:

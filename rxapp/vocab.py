@@ -184,12 +184,12 @@ class Vocab:
 
     def display_name(self, herb: str) -> str:
         """How a vocabulary herb is shown to a practitioner: its drug's one name, an inferred identity marked as
-        such, a truncated name whose drug is unclear said to be so."""
+        such, a name whose drug is unclear said to be so."""
         artefact = self.artefacts.get(herb)
         if artefact and artefact.certainty == "inferred":
             return f"{artefact.means}（原作“{herb}”，推定）"
         if artefact and artefact.certainty == "unclear":
-            return f"{herb}（名称不全，所指药物未定）"
+            return f"{herb}（所指药物未定）"
         return self.identity(herb)
 
     def clean_herbs(self, herbs: Iterable[str]) -> list[str]:
