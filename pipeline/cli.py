@@ -62,7 +62,7 @@ def run_artefacts(args: argparse.Namespace) -> int:
         meaning = f"{artefact.certainty} {artefact.means or ''}".strip() if artefact else "not in the map"
         print(f"{token}\t" + "、".join(f"{n} {covered}/{lists}" for n, (lists, covered) in longer.items())
               + f"\talone: {meaning}")
-    problems = differences(records)
+    problems = differences(records, found)
     for problem in problems:
         print(problem, file=sys.stderr)
     print(f"{len(found)} artefact tokens found by the rule; assets/vocab/artefacts.yaml "
@@ -78,7 +78,7 @@ def run_unpack(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_table, reference_row, with_differences
+    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_tables, reference_row, with_differences
     from pipeline.runfolder import write_json
 
     views = args.lists
@@ -98,7 +98,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     document = rows[0] if len(rows) == 1 else rows
     write_json(document, out)
     shown = [*rows, *compared, *(reference_row(args.split, args.limit, view) for view in views)]
-    table = "\n\n".join(format_table(shown, args.split, view) for view in views)
+    table = format_tables(shown, args.split, views)
     if args.json:
         print(table, file=sys.stderr)
         print(json.dumps(document, ensure_ascii=False, indent=2))

@@ -66,7 +66,7 @@ def evaluate(predict: Predictor, records: Sequence[Record], lists: str = "raw") 
 
 def score(predictions: Sequence[Prediction], records: Sequence[Record], lists: str = "raw") -> dict[str, float]:
     """`evaluate` for predictions already made; on clean lists they are scored cleaned, except `two_names`, which
-    counts the prescriptions as written."""
+    counts the prescriptions as written (cleaning would make it 0)."""
     short = [i for i, p in enumerate(predictions) if len(p.ranking) < max(20, len(p.prescription))]
     if short:
         raise ValueError(f"{len(short)} rankings hold fewer than 20 herbs (first: {records[short[0]].id})")
@@ -77,8 +77,9 @@ def score(predictions: Sequence[Prediction], records: Sequence[Record], lists: s
     metrics = {
         **ranking_metrics([p.ranking for p in predictions], truths),
         **prescription_metrics([p.prescription for p in predictions], truths),
-        "two_names": sum(names_a_drug_twice(p.prescription) for p in written) / len(written),
     }
+    if lists == "clean":
+        metrics["two_names"] = sum(names_a_drug_twice(p.prescription) for p in written) / len(written)
     responses = [p.response for p in predictions if p.response is not None]
     if responses:
         metrics |= explanation_metrics(predictions, records)
@@ -257,3 +258,8 @@ def format_table(rows: Sequence[dict], split: str, lists: str = "raw") -> str:
         cells = "".join((f"{r[c]:.4f}" if c in r else "—").rjust(11) for c in COLUMNS)
         lines.append(r["model"].ljust(width) + cells)
     return "\n".join(lines)
+
+
+def format_tables(rows: Sequence[dict], split: str, views: Sequence[str] = HERB_LISTS) -> str:
+    """format_table for each herb-list view, one after the other."""
+    return "\n\n".join(format_table(rows, split, view) for view in views)

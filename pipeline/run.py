@@ -151,7 +151,7 @@ def evaluate(run: Run) -> dict:
     the doctors' own prescriptions, on raw and clean herb lists, in RUN/evaluate/SPLIT.json."""
     from pipeline.data.baselines import BASELINES
     from pipeline.data.records import HERB_LISTS
-    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_table, reference_row, with_differences
+    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_tables, reference_row, with_differences
     from pipeline.release.export import SHIPPED, shipped_gguf
 
     settings = run.cfg.evaluate
@@ -171,8 +171,7 @@ def evaluate(run: Run) -> dict:
              for name in BASELINES]
     rows += [reference_row(settings.split, settings.limit, view) for view in HERB_LISTS]
     write_json(rows, run.folder.evaluation(settings.split))
-    for view in HERB_LISTS:
-        print(format_table(rows, settings.split, view))
+    print(format_tables(rows, settings.split))
     return summary
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from rxapp.engine import Engine, LoadedModel, model_card
 from rxapp.feedback import FeedbackStore, SessionRecord, StoreError, export_records
 from rxapp.safety import DoseError, Patient, parse_doses, parse_prescription, rules
-from rxapp.stepformat import render_analysis
+from rxapp.stepformat import NO_RECORD, render_analysis
 from rxapp.stepper import Recommendation, Step, StepperConfig
 from rxapp.stepper import recommend as recommend_steps
 from rxapp.vocab import SEPARATORS, HerbInputError, SymptomInputError, clean_text, split_herb_list, vocab
@@ -83,7 +83,7 @@ def parse_symptoms(text: str, picked: list[str] | None = None) -> str:
 
 
 def step_card(step: Step) -> str:
-    facts = step.facts.summary() if step.facts else "知识库暂无此药记录"
+    facts = step.facts.summary() if step.facts else NO_RECORD
     return (f'<div class="rx-step" style="border:1px solid #d0d5dd;border-radius:8px;padding:8px 12px;margin:6px 0">'
             f"<b>第 {step.index} 步 · 加 {e(step.name)}</b> <small>（模型概率 {step.probability:.2f}）</small>"
             f"<p style='margin:4px 0'>{e(step.explanation)}</p><p style='margin:4px 0'><small>{e(facts)}</small></p>"

@@ -149,6 +149,9 @@ class Vocab:
             self.family_of.setdefault(name, self.family_of.get(canonical, canonical))
             self.family_of.setdefault(canonical, self.family_of[name])
         self.longer_names = {t: frozenset(a.of) for t, a in self.artefacts.items()}
+        self.names_of: dict[str, set[str]] = {}  # a drug's one name -> all its vocabulary names, itself included
+        for name, canonical in self.canonical.items():
+            self.names_of.setdefault(canonical, {canonical}).add(name)
 
     # -- herbs ---------------------------------------------------------------------------------------------
     @lru_cache(maxsize=4096)  # noqa: B019 (one vocabulary per process; the stepper asks the same names every step)
@@ -204,8 +207,7 @@ class Vocab:
         """Vocabulary herbs that would name a drug of `herbs` a second time: its other names, an artefact token
         of one of them, or a longer name one of them is an artefact of."""
         herbs = set(herbs)
-        identities = {self.identity(h) for h in herbs}
-        out = {h for h in self.herbs if self.identity(h) in identities}
+        out = {n for h in herbs for n in self.names_of.get(self.identity(h), {h})}
         out |= {t for t, longer in self.longer_names.items() if longer & herbs}
         out |= {n for h in herbs for n in self.longer_names.get(h, ())}
         return out - herbs

@@ -45,11 +45,12 @@ def find_artefacts(records: Sequence[Record]) -> Found:
     return found
 
 
-def differences(records: Sequence[Record]) -> list[str]:
+def differences(records: Sequence[Record], found: Found | None = None) -> list[str]:
     """Where assets/vocab/artefacts.yaml and the data disagree: a pair the rule finds that the map lacks (or the
-    reverse, for pairs the map says the rule found), or a count that differs; empty when they agree."""
+    reverse, for pairs the map says the rule found), or a count that differs; empty when they agree. `found`: the
+    rule's result on `records`, when the caller has it already."""
     lists = [set(r.herbs) for r in records]
-    found, reviewed = find_artefacts(records), vocab().artefacts
+    found, reviewed = found if found is not None else find_artefacts(records), vocab().artefacts
     out = []
     for token in sorted(found.keys() | {t for t, a in reviewed.items() if a.found_by == "rule"}):
         if token not in reviewed or reviewed[token].found_by != "rule" or found.get(token, {}).keys() != \
