@@ -37,7 +37,7 @@ def run_distill(args: argparse.Namespace) -> int:
     endpoint = None
     if args.teacher_url:
         endpoint = Endpoint(args.teacher_url, args.teacher_model, requests_per_minute=args.rpm)
-    for split, path in distill(args.split, args.out, endpoint, args.limit).items():
+    for split, path in distill(args.split, args.out, args.lists, endpoint, args.limit).items():
         print(f"{split}: {path}")
     return 0
 
@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--teacher-model", default="gpt-4o", help="model name sent to the endpoint")
     distill.add_argument("--rpm", type=float, default=60.0, help="requests per minute at most (default %(default)s)")
     distill.add_argument("--limit", type=int, help="ask the endpoint about the first N records of each split only")
+    distill.add_argument("--lists", default="clean", choices=HERB_LISTS,
+                         help="the herb lists to teach from: clean (no substring artefacts, one name per drug) or raw "
+                              "as published (default %(default)s)")
     distill.set_defaults(run=run_distill)
     add_stage_commands(sub)
     export = sub.add_parser("export", help="merged HF folder, GGUF f16 and quantised GGUFs of a trained model")

@@ -10,6 +10,7 @@ from typing import get_type_hints
 
 import yaml
 
+from pipeline.data.records import HERB_LISTS
 from pipeline.runfolder import TRAINED_STAGES
 
 
@@ -152,11 +153,17 @@ class PipelineConfig:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    # the herb lists every stage learns and tunes on (pipeline.data.records.HERB_LISTS): "clean", the lists without
+    # substring artefacts and second names of one drug (assets/vocab/artefacts.yaml), since the app writes those;
+    # "raw" as published
+    herb_lists: str = "clean"
     # the stage whose model `pipeline run` exports (and `pipeline ship` embeds): sft, dpo or grpo. SFT, since DPO
     # and GRPO run and are scored beside it but do not yet beat it (docs/results.md)
     ship: str = "sft"
 
     def __post_init__(self) -> None:
+        if self.herb_lists not in HERB_LISTS:
+            raise ValueError(f"herb_lists must be one of {', '.join(HERB_LISTS)}, got {self.herb_lists!r}")
         if self.ship not in TRAINED_STAGES:
             raise ValueError(f"ship must be one of {', '.join(TRAINED_STAGES)}, got {self.ship!r}")
 

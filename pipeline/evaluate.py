@@ -90,7 +90,9 @@ def score(predictions: Sequence[Prediction], records: Sequence[Record], lists: s
 
 @cache
 def training_stats() -> TrainStats:
-    return TrainStats.from_records(load_split("train"))
+    """The statistics the explanation metrics judge by: the teacher's, from the clean training lists (whatever lists a
+    model learned from, so that every model is judged alike)."""
+    return TrainStats.from_records(load_split("train", "clean"))
 
 
 def explanation_metrics(predictions: Sequence[Prediction], records: Sequence[Record]) -> dict[str, float]:

@@ -26,12 +26,12 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
+from pipeline.data.distill import INPUTS as DISTILL_INPUTS
 from pipeline.data.knowledge import KG_DIR
 from pipeline.data.records import SMGCN, SPLITS
 from pipeline.runfolder import TRAINED_STAGES, RunFolder, read_json, write_json, write_text
 from rxapp.knowledge import KNOWLEDGE_FILE
 from rxapp.modelinfo import file_sha256
-from rxapp.vocab import VOCAB_DIR
 
 SWEEP_ALPHAS = (0.0, 0.5, 1.0, 2.0)  # the α the `tradeoff` command sweeps when neither it nor the config lists any
 
@@ -88,7 +88,8 @@ def distill(run: Run) -> dict:
     from pipeline.data.llm_teacher import teacher_endpoint
 
     teacher = run.cfg.teacher
-    paths = write_examples(["train", "validation"], run.folder.distill, teacher_endpoint(teacher), teacher.limit)
+    paths = write_examples(["train", "validation"], run.folder.distill, run.cfg.herb_lists, teacher_endpoint(teacher),
+                           teacher.limit)
     return {split: str(path) for split, path in paths.items()}
 
 
@@ -256,8 +257,7 @@ STAGES = (
     Stage("knowledge", "rebuild the herb knowledge and compare it with the shipped file", knowledge, (),
           lambda c: None, lambda run: sorted(p for p in KG_DIR.rglob("*") if p.is_file())),
     Stage("distill", "the teacher's training examples", distill, ("prepare", "knowledge"),
-          lambda c: asdict(c.teacher),
-          lambda run: [KNOWLEDGE_FILE, VOCAB_DIR / "herbs.yaml", VOCAB_DIR / "symptoms.yaml"]),
+          lambda c: [asdict(c.teacher), c.herb_lists], lambda run: list(DISTILL_INPUTS)),
     Stage("sft", "supervised fine-tuning on the distilled examples (torchrun for several ranks); RUN/sft/best",
           sft, ("distill",), lambda c: [c.seed, asdict(c.model), asdict(c.sft)], options=SFT_OPTIONS),
     Stage("small", "train the small BART (symptoms → herb list) of the preference stage; RUN/small/best", small,

@@ -13,14 +13,14 @@ from pipeline.data.llm_teacher import Endpoint, distill_with_llm
 from pipeline.data.records import SMGCN, load_split
 from pipeline.data.teacher import TrainStats, teach
 from pipeline.runfolder import read_json, read_jsonl, write_json, write_jsonl
-from rxapp import stepformat
-from rxapp.knowledge import KNOWLEDGE_FILE
-from rxapp.vocab import VOCAB_DIR
+from rxapp import knowledge, stepformat, vocab
 
-# A change to any of these (data, knowledge, the teacher's or the format's code) rebuilds the cache.
-INPUTS = (SMGCN / "train.txt", SMGCN / "test.txt", KNOWLEDGE_FILE, VOCAB_DIR / "herbs.yaml",
-          VOCAB_DIR / "symptoms.yaml", Path(__file__), Path(__file__).with_name("teacher.py"),
-          Path(__file__).with_name("llm_teacher.py"), Path(stepformat.__file__))
+# A change to any of these (data, knowledge, the vocabulary and its artefact map, the teacher's, the knowledge
+# reader's or the format's code) rebuilds the cache.
+INPUTS = (SMGCN / "train.txt", SMGCN / "test.txt", knowledge.KNOWLEDGE_FILE, knowledge.MAIN_ACTIONS_FILE,
+          *(vocab.VOCAB_DIR / name for name in ("herbs.yaml", "symptoms.yaml", "artefacts.yaml")), Path(__file__),
+          Path(__file__).with_name("teacher.py"), Path(__file__).with_name("llm_teacher.py"),
+          Path(stepformat.__file__), Path(knowledge.__file__), Path(vocab.__file__))
 
 
 def inputs_digest() -> str:
@@ -30,24 +30,25 @@ def inputs_digest() -> str:
     return digest.hexdigest()
 
 
-def distill(splits: list[str], out_dir: Path, endpoint: Endpoint | None = None, llm_limit: int | None = None
-            ) -> dict[str, Path]:
-    """Write `<split>.jsonl` for each split; a split whose file matches the current inputs is not redone.
+def distill(splits: list[str], out_dir: Path, lists: str = "clean", endpoint: Endpoint | None = None,
+            llm_limit: int | None = None) -> dict[str, Path]:
+    """Write `<split>.jsonl` for each split from its `lists` herb lists (pipeline.data.records.HERB_LISTS); a split
+    whose file matches the current inputs is not redone.
     With an `endpoint`, the OpenAI-compatible teacher is asked about the first `llm_limit` records of each split (all
     by default; its answers are cached in `llm-<split>.jsonl`) and writes each response it is not rejected on; the
     knowledge teacher writes the rest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.exists() else {}
-    key = inputs_digest() + (f" {endpoint.url} {endpoint.model}" if endpoint else "")
+    key = inputs_digest() + f" {lists}" + (f" {endpoint.url} {endpoint.model}" if endpoint else "")
     stats = None
     paths = {}
     for split in splits:
         path = paths[split] = out_dir / f"{split}.jsonl"
         if manifest.get(split) == key and path.exists() and endpoint is None:
             continue
-        stats = stats or TrainStats.from_records(load_split("train"))  # statistics of the training split only
-        records = load_split(split)
+        stats = stats or TrainStats.from_records(load_split("train", lists))  # statistics of the training split only
+        records = load_split(split, lists)
         accepted = {}
         if endpoint is not None:
             counts = distill_with_llm(records[:llm_limit], endpoint, out_dir / f"llm-{split}.jsonl", stats)

@@ -326,7 +326,7 @@ def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path) -> Path:
     model, reference, tokenizer = policy_and_reference(cfg, start, device)
     validation = read_jsonl(run_folder.examples("validation"))
     errors = measured_errors(model, tokenizer, validation[: settings.error_cases], saved_stop_threshold(start))
-    train = load_split("train")
+    train = load_split("train", cfg.herb_lists)
     stats = TrainStats.from_records(train)
     source = StateSource(train, errors, CoOccurrence().fit(train), settings, random.Random(cfg.seed + rank_))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr,

@@ -141,7 +141,7 @@ def build_preferences(cfg: PipelineConfig, run_folder: RunFolder, model_dir: Pat
     from rxapp.modelinfo import saved_stop_threshold
 
     settings = cfg.prefs
-    train = load_split("train")
+    train = load_split("train", cfg.herb_lists)
     stats = TrainStats.from_records(train)
     cases = train[: settings.cases]
     model, tokenizer = load_trained(model_dir)

@@ -215,7 +215,7 @@ def train_sft(cfg: PipelineConfig, run_folder: RunFolder, resume: bool = False) 
     wrapped = DistributedDataParallel(model) if world > 1 else model
     herb_ids = torch.tensor(herb_token_ids(tokenizer))
     order_free = set(herb_ids.tolist()) if sft.herb_targets == "set" else None
-    teacher = CoOccurrence().fit(load_split("train")) if sft.teacher_weight else None
+    teacher = CoOccurrence().fit(load_split("train", cfg.herb_lists)) if sft.teacher_weight else None
     train_priors = teacher_priors(teacher, train)
     if (sft.first_step_passes or sft.ranking_passes) and order_free is None:
         raise ValueError("sft.first_step_passes and sft.ranking_passes need herb_targets: set")

@@ -31,3 +31,11 @@ def test_the_defaults_are_the_shipped_model_settings():
     shipped = PipelineConfig.load("configs/default.yaml").to_dict()
     assert shipped == {**PipelineConfig().to_dict(), "name": "default"}
     assert shipped["ship"] == "sft" and shipped["sft"]["set_loss"] == "sum" and shipped["sft"]["epochs"] == 2
+    assert shipped["herb_lists"] == "clean"
+
+
+def test_the_herb_lists_must_be_raw_or_clean(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("herb_lists: cleaned\n")
+    with pytest.raises(ValueError, match="herb_lists must be one of raw, clean"):
+        PipelineConfig.load(path)
