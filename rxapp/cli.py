@@ -32,7 +32,8 @@ def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg) -> dic
         "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "name": s.name, "explanation": s.explanation,
                    "facts": s.facts.summary() if s.facts else None, "probability": round(s.probability, 4),
                    "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
-        "summary": final.summary, "warnings": [w.to_dict() for w in final.warnings], "ranking": final.ranking,
+        "summary": final.summary, "formula": final.formula.describe() if final.formula else None,
+        "warnings": [w.to_dict() for w in final.warnings], "ranking": final.ranking,
     }
 
 
@@ -82,6 +83,8 @@ def print_recommendation(out: dict) -> None:
         for w in step["warnings"]:
             print(f"   [{w['severity']}] {w['message']}")
     print("方解: " + out["summary"])
+    if out["formula"]:
+        print(out["formula"])
     print("排序: " + " ".join(out["ranking"][:20]))
     print("本工具仅供执业中医师参考，不能替代临床判断。")
 

@@ -97,7 +97,8 @@ def recommendation_html(analysis: str, cards: list[str], final: Recommendation |
     else:
         rows = "".join(f"<tr><td>{s.index}</td><td>{e(s.name)}</td><td>{e(s.facts.summary(3) if s.facts else '')}"
                        f"</td></tr>" for s in final.steps)
-        parts += [f"<h3>方解</h3><p>{e(final.summary or '（模型未写出方解）')}</p>",
+        formula = f"<p>{e(final.formula.describe())}</p>" if final.formula else ""
+        parts += [f"<h3>方解</h3><p>{e(final.summary or '（未加一味药，无方解）')}</p>{formula}",
                   "<h3>处方</h3><table class='rx-prescription'><tr><th>#</th><th>药物</th><th>功效 · 性味</th></tr>"
                   f"{rows}</table>", "<h3>整方安全核查</h3>", warning_html(final.warnings)]
     return "".join(parts) + (message(note) if note else "")

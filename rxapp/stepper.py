@@ -8,7 +8,8 @@ has one name: the probabilities of a drug's other names (麦门冬, 杏) go to i
 that would name a drug of the list again (附子 beside 白附子) is never added. The model then writes the step's
 explanation (its 主治/用于 claims can only name this patient's symptoms) and decides whether to add another herb or
 stop. The 方解 is composed from the steps' claims (rxapp.stepformat.compose_summary), not decoded: it names every
-herb once and no other, on every backend.
+herb once and no other, on every backend. The classical formula the prescription resembles, if any, is named
+beside it (rxapp.formulas).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from rxapp.backends import Backend
 from rxapp.decoding import claim_targets, greedy_stop, stop_probability
+from rxapp.formulas import Resemblance, resembled
 from rxapp.knowledge import HerbFacts, knowledge
 from rxapp.ranking import rank_herbs
 from rxapp.safety import Patient, SafetyWarning, rules, warnings_cost
@@ -61,6 +63,7 @@ class Recommendation:
     analysis: str
     steps: list[Step] = field(default_factory=list)
     summary: str = ""
+    formula: Resemblance | None = None  # the classical formula the prescription resembles (rxapp.formulas)
     warnings: list[SafetyWarning] = field(default_factory=list)  # the whole prescription, most severe first
     ranking: list[str] = field(default_factory=list)  # every herb, best first (rxapp.ranking)
     text: str = ""  # the whole response: the steps as the model wrote them, then the composed 方解
@@ -208,6 +211,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
         result.steps.append(step)
         yield step
     result.summary = compose_summary([(s.herb, s.explanation) for s in result.steps])
+    result.formula = resembled(result.herbs)
     result.text = head + backend.detokenize(ids[start:]) + f"{SUMMARY_HEADER}\n{result.summary}\n"
     result.prompt_ids, result.response_ids = ids[:start], ids[start:]
     result.warnings = rules().check_prescription(result.herbs, patient)

@@ -5,6 +5,7 @@ import json
 
 from rxapp import DEFAULT_MODEL
 from rxapp.engine import Engine, model_card
+from rxapp.formulas import resembled
 from rxapp.modelinfo import file_sha256
 from rxapp.safety import Patient, rules
 from rxapp.vocab import vocab
@@ -15,10 +16,11 @@ def test_one_case_as_json(cli, micro_export):
                  str(micro_export / "model-q4_k_m.gguf"), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout)
-    assert {"id", "analysis", "steps", "summary", "warnings", "ranking"} <= out.keys()
+    assert {"id", "analysis", "steps", "summary", "formula", "warnings", "ranking"} <= out.keys()
     assert out["symptoms"] == ["咳嗽", "恶寒"] and out["pregnant"] is True
     assert out["steps"] and {"action", "herb", "explanation", "facts", "warnings"} <= out["steps"][0].keys()
     herbs = [s["herb"] for s in out["steps"]]
+    assert out["formula"] == (resembled(herbs).describe() if resembled(herbs) else None)
     forbidden = {h for h, warnings in rules().addition_risks([], Patient(pregnant=True)).items()
                  if any(w.severity == "severe" for w in warnings)}
     assert set(out["ranking"][: len(herbs)]) - set(herbs) <= forbidden  # greedy: the best the screen allows

@@ -1,0 +1,100 @@
+"""Classical formulas (方剂) and the one a prescription resembles: the 120 compositions of
+assets/knowledge/classical_formulas.csv, each read in a cited classical text, matched with the lenient equivalences of
+formula_equivalents.csv (芍药 for 白芍, 甘草 for 炙甘草 …) and the vocabulary's one name per drug."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import lru_cache
+
+from rxapp import ASSETS
+from rxapp.vocab import vocab
+
+FORMULAS_FILE = ASSETS / "knowledge" / "classical_formulas.csv"
+EQUIVALENTS_FILE = ASSETS / "knowledge" / "formula_equivalents.csv"
+# Herbs that many formulas add to harmonise or as a vehicle: holding them says little about which formula a
+# prescription follows (the reference notes that a near match of a 4-herb formula with 甘草 is weak evidence).
+COMMON_HERBS = frozenset({"甘草", "炙甘草", "生姜", "大枣"})
+MIN_DISTINCTIVE = 3  # formula herbs besides COMMON_HERBS a prescription must hold (two-herb formulas match trivially)
+MIN_HERBS_FOR_A_GAP = 5  # a formula this large may lack one herb and still be resembled; a smaller one must be whole
+
+
+@dataclass(frozen=True)
+class Formula:
+    name: str
+    source_book: str
+    herbs: tuple[str, ...]  # vocabulary names, in the source's order
+    doses: tuple[str, ...]  # as written in the source (historical units, not converted), "" where it gives none
+    not_in_vocab: tuple[str, ...]  # the source's herbs the vocabulary lacks (牡丹皮, 车前子 …)
+    sources: tuple[str, ...]  # URLs of the texts the composition was read in
+
+
+@dataclass(frozen=True)
+class Resemblance:
+    formula: Formula
+    present: tuple[str, ...]  # the formula's herbs the prescription holds (or holds an equivalent of)
+    missing: tuple[str, ...]  # the formula's vocabulary herbs it lacks
+
+    def describe(self) -> str:
+        """One line for the practitioner: `类方：麻黄汤（《伤寒论》：麻黄、桂枝、炙甘草、杏仁），本方全含。`"""
+        f = self.formula
+        held = "本方全含" if not self.missing else f"本方含其{count(len(self.present))}味，缺{'、'.join(self.missing)}"
+        absent = f"；原方另有{'、'.join(f.not_in_vocab)}，词表未收" if f.not_in_vocab else ""
+        return f"类方：{f.name}（《{f.source_book}》：{'、'.join(f.herbs)}），{held}{absent}。"
+
+
+def count(n: int) -> str:
+    """A count below 100 in Chinese numerals (6 → 六, 12 → 十二)."""
+    digits = "零一二三四五六七八九"
+    if n < 10:
+        return digits[n]
+    return ("" if n < 20 else digits[n // 10]) + "十" + (digits[n % 10] if n % 10 else "")
+
+
+def _split(cell: str) -> tuple[str, ...]:
+    return tuple(part for part in cell.split(";") if part)
+
+
+@lru_cache(maxsize=1)
+def formulas() -> tuple[Formula, ...]:
+    herbs = set(vocab().herbs)
+    table = []
+    with FORMULAS_FILE.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            unknown = [h for h in _split(row["herbs"]) if h not in herbs]
+            if unknown:  # an unknown name would never match, and the formula would silently never be named
+                raise ValueError(f"{FORMULAS_FILE}, line {reader.line_num}: {'、'.join(unknown)} not in the vocabulary")
+            table.append(Formula(row["formula"], row["source_book"], _split(row["herbs"]),
+                                 tuple(row["doses_as_written"].split(";")), _split(row["not_in_vocab"]),
+                                 _split(row["source_url"])))
+    return tuple(table)
+
+
+@lru_cache(maxsize=1)
+def equivalents() -> dict[str, frozenset[str]]:
+    """For a formula herb, the drugs (one name each) a prescription may hold for it."""
+    v = vocab()
+    with EQUIVALENTS_FILE.open(encoding="utf-8", newline="") as f:
+        return {row["formula_herb"]: frozenset(v.identity(t) for t in _split(row["accepted_tokens"]))
+                for row in csv.DictReader(f)}
+
+
+def resembled(herbs: list[str]) -> Resemblance | None:
+    """The classical formula the prescription holds most herbs of, whole, or short of one herb when the formula has
+    MIN_HERBS_FOR_A_GAP or more; at least MIN_DISTINCTIVE of them besides COMMON_HERBS. Ties: fewer missing, then
+    the table's order (the classical books first). None when no formula qualifies."""
+    v = vocab()
+    held = {v.identity(h) for h in herbs}
+    best = None
+    for formula in formulas():
+        accepted = [equivalents().get(h, frozenset({v.identity(h)})) for h in formula.herbs]
+        present = tuple(h for h, ok in zip(formula.herbs, accepted, strict=True) if ok & held)
+        missing = tuple(h for h in formula.herbs if h not in present)
+        gap_allowed = 1 if len(formula.herbs) >= MIN_HERBS_FOR_A_GAP else 0
+        if len(missing) > gap_allowed or len(set(present) - COMMON_HERBS) < MIN_DISTINCTIVE:
+            continue
+        if best is None or (len(present), -len(missing)) > (len(best.present), -len(best.missing)):
+            best = Resemblance(formula, present, missing)
+    return best

@@ -1,0 +1,51 @@
+import pytest
+
+from rxapp.formulas import Resemblance, count, formulas, resembled
+from rxapp.vocab import vocab
+
+
+def test_every_formula_is_sourced_and_written_in_vocabulary_names():
+    table = formulas()
+    assert len(table) == 120 and len({f.name for f in table}) == 120
+    assert all(f.sources and f.herbs and set(f.herbs) <= set(vocab().herbs) for f in table)
+
+
+def test_a_whole_formula_is_named_with_its_book_and_herbs():
+    found = resembled(["麻黄", "桂枝", "杏仁", "甘草", "桔梗"])  # 甘草 stands for the formula's 炙甘草
+    assert found.formula.name == "麻黄汤" and not found.missing
+    assert found.describe() == "类方：麻黄汤（《伤寒论》：麻黄、桂枝、炙甘草、杏仁），本方全含。"
+
+
+def test_a_large_formula_short_of_one_herb_is_named_with_what_it_lacks():
+    found = resembled(["柴胡", "黄芩", "人参", "半夏", "甘草", "生姜"])
+    assert found.formula.name == "小柴胡汤" and found.missing == ("大枣",)
+    assert found.describe().endswith("本方含其六味，缺大枣。")
+
+
+def test_a_second_name_of_a_drug_counts_as_the_formula_herb():
+    # 麦门冬 is the vocabulary's second name of 麦冬, which 生脉散 lists
+    assert resembled(["人参", "麦门冬", "五味子"]).formula.name == "生脉散"
+
+
+def test_herbs_the_vocabulary_lacks_are_said():
+    assert resembled(["生地黄", "当归", "升麻", "黄连"]).describe().endswith("原方另有牡丹皮，词表未收。")
+
+
+@pytest.mark.parametrize("herbs", [
+    ["麻黄", "桂枝", "甘草"],  # 麻黄汤 short of 杏仁: a four-herb formula must be whole
+    ["甘草", "生姜", "大枣", "白芍"],  # harmonising herbs alone do not make a formula
+    ["黄芪", "丹参", "葛根"],
+    [],
+])
+def test_no_formula_is_named_without_enough_of_one(herbs):
+    assert resembled(herbs) is None
+
+
+def test_the_formula_holding_most_herbs_wins():
+    # 四君子汤 is inside 六君子汤: the prescription holding all of the larger one resembles it
+    found = resembled(["人参", "白术", "茯苓", "甘草", "陈皮", "半夏"])
+    assert isinstance(found, Resemblance) and found.formula.name == "六君子汤"
+
+
+def test_counts_in_chinese_numerals():
+    assert [count(n) for n in (3, 10, 12, 20, 47)] == ["三", "十", "十二", "二十", "四十七"]
