@@ -8,7 +8,7 @@ from functools import cache
 
 from rxapp.knowledge import herb_actions
 from rxapp.safety import incompatible_pairs, safety_cost
-from rxapp.vocab import vocab
+from rxapp.vocab import LongestMatch, vocab
 
 KS = (5, 10, 20)
 
@@ -53,27 +53,16 @@ def names_a_drug_twice(herbs: Sequence[str]) -> bool:
 
 
 @cache
-def _terms_by_first_char() -> dict[str, list[str]]:
-    """Herb names, citable actions and symptoms, longest first under each first character."""
+def _herbs_actions_symptoms() -> LongestMatch:
     v = vocab()
-    terms = {*v.herbs, *v.symptoms, *(a for h in v.herbs for a in herb_actions(h))}
-    by_char: dict[str, list[str]] = {}
-    for term in sorted(terms, key=len, reverse=True):
-        by_char.setdefault(term[0], []).append(term)
-    return by_char
+    return LongestMatch({*v.herbs, *v.symptoms, *(a for h in v.herbs for a in herb_actions(h))})
 
 
 def herbs_named(text: str) -> list[str]:
     """The vocabulary herbs a text names, read left to right as herbs, actions and symptoms, the longest term at
     each place: 白附子, not 附子; 醒神益智 is an action, not the herb 益智."""
-    terms, herbs = _terms_by_first_char(), vocab().herb_id
-    found, i = [], 0
-    while i < len(text):
-        term = next((t for t in terms.get(text[i], ()) if text.startswith(t, i)), None)
-        if term in herbs:
-            found.append(term)
-        i += len(term) if term else 1
-    return found
+    herbs = vocab().herb_id
+    return [term for term in _herbs_actions_symptoms().pieces(text) if term in herbs]
 
 
 def summary_metrics(summaries: Sequence[str], prescriptions: Sequence[Sequence[str]]) -> dict[str, float]:

@@ -85,7 +85,7 @@ def print_recommendation(out: dict) -> None:
     print("方解: " + out["summary"])
     if out["formula"]:
         print(out["formula"])
-    print("排序: " + " ".join(out["ranking"][:20]))
+    print("排序: " + " ".join(vocab().display_name(h) for h in out["ranking"][:20]))
     print("本工具仅供执业中医师参考，不能替代临床判断。")
 
 

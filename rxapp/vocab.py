@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -105,6 +105,23 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+class LongestMatch:
+    """Reads a text left to right as known terms, the longest term at each place (白附子, not 附子)."""
+
+    def __init__(self, terms: Iterable[str]) -> None:
+        self.by_first_char: dict[str, list[str]] = {}
+        for term in sorted(set(terms), key=len, reverse=True):
+            self.by_first_char.setdefault(term[0], []).append(term)
+
+    def pieces(self, text: str) -> Iterator[str | None]:
+        """For each place read: the term found there, or None for one character no term starts."""
+        i = 0
+        while i < len(text):
+            term = next((t for t in self.by_first_char.get(text[i], ()) if text.startswith(t, i)), None)
+            yield term
+            i += len(term) if term else 1
+
+
 class Vocab:
     """Herbs and symptoms of the SMGCN data, with the alias and family tables of assets/vocab/."""
 
@@ -131,9 +148,7 @@ class Vocab:
 
         meanings = {s: [s] for s in self.symptoms} | self.synonyms
         self._meaning = meanings
-        self._terms_by_first_char: dict[str, list[str]] = {}
-        for term in sorted(meanings, key=len, reverse=True):
-            self._terms_by_first_char.setdefault(term[0], []).append(term)
+        self._terms = LongestMatch(meanings)
 
     def _read_artefacts(self, tables: dict) -> None:
         self.synonyms_of: dict[str, str] = tables["synonyms"]
@@ -238,10 +253,8 @@ class Vocab:
         return SymptomParse(_unique(found), unrecognised, suggestions)
 
     def _scan(self, segment: str, found: list[str], unrecognised: list[str]) -> None:
-        pending = ""
-        i = 0
-        while i < len(segment):
-            term = next((t for t in self._terms_by_first_char.get(segment[i], []) if segment.startswith(t, i)), None)
+        pending, i = "", 0
+        for term in self._terms.pieces(segment):
             if term is None:
                 pending += segment[i]
                 i += 1
