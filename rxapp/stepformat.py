@@ -104,12 +104,14 @@ def compose_summary(steps: Sequence[tuple[str, str]]) -> str:
     clauses: dict[str, tuple[list[str], list[str]]] = {}
     for herb, explanation in steps:
         claims = explanation_claims(explanation)
-        effect = next((c.value for c in claims if c.kind == "effect"), f"（{NO_RECORD}）")
+        cited = [c.value for c in claims if c.kind != "effect"]
+        # a step citing a symptom but no action joins the clause of the others that do so ("" below)
+        effect = next((c.value for c in claims if c.kind == "effect"), "" if cited else f"（{NO_RECORD}）")
         herbs, symptoms = clauses.setdefault(effect, ([], []))
         herbs.append(herb)
-        symptoms += [c.value for c in claims if c.kind != "effect" and c.value not in symptoms]
-    text = "；".join("、".join(herbs) + effect + (f"，治{'、'.join(symptoms)}" if symptoms else "")
-                    for effect, (herbs, symptoms) in clauses.items())
+        symptoms += [s for s in cited if s not in symptoms]
+    text = "；".join("、".join(herbs) + effect + ("，" if effect and symptoms else "")
+                    + (f"治{'、'.join(symptoms)}" if symptoms else "") for effect, (herbs, symptoms) in clauses.items())
     return text + "。" if text else ""
 
 

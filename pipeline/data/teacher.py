@@ -9,8 +9,9 @@ lift: prescriptions whose other herbs have the action were written for patients 
 chance; ActionAssociation), and the herb's sources name the symptom among what it treats (rxapp.knowledge.treats)
 or training prescriptions gave the herb for it. A candidate scores its lift, plus 1 when the sources name the
 symptom. The best is cited, as 主治 when the sources name the symptom and 用于 otherwise; with none, the herb's role
-(调和诸药) when it has one, else its first main action alone, for no symptom. It never cites an action the herb's
-sources do not give.
+(调和诸药) when it has one, else, for no symptom, its main action that comes closest to one of this patient's (the
+highest lift, though not above chance; the main order breaks ties). It never cites an action the herb's sources do
+not give.
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ def step_is_relevant(herb: str, explanation: str, symptoms: Sequence[str], stats
 
 
 def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:
-    """Why this herb for this patient: the best-scoring (main action, symptom) pair, its role, or its first main
-    action (see the module docstring)."""
+    """Why this herb for this patient: the best-scoring (main action, symptom) pair, its role, or its closest main
+    action alone (see the module docstring)."""
     actions = herb_actions(herb)
     pairs = [(pair_score(herb, a, s, stats), -i, -j, a, s) for i, a in enumerate(actions)
              for j, s in enumerate(symptoms)]
@@ -153,7 +154,8 @@ def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:
         return render_explanation([action], *((symptom, None) if treats(herb, symptom) else (None, symptom)))
     role = next((a for a in actions if a in ROLE_ACTIONS), None)
     if role or actions:
-        return render_explanation([role or actions[0]])
+        return render_explanation([role or max(actions, key=lambda a: max(
+            (stats.actions.lift(herb, a, s) for s in symptoms), default=-np.inf))])
     return render_explanation(usage=stats.usage(herb, symptoms))
 
 

@@ -66,7 +66,8 @@ def test_the_composed_summary_names_every_herb_once_grouped_by_action_with_their
     steps = [("麻黄", render_explanation(["发汗解表"], usage="恶寒发热")),
              ("桂枝", render_explanation(["发汗解表", "温通经脉"], indication="无汗")),
              ("杏仁", render_explanation(["止咳平喘"], usage="咳嗽")), ("甘草", NO_RECORD),
-             ("生姜", render_explanation(["发汗解表"], usage="恶寒发热"))]
+             ("生姜", render_explanation(["发汗解表"], usage="恶寒发热")),
+             ("防己", render_explanation(usage="小便不利"))]
     assert compose_summary([]) == ""
     assert compose_summary(steps) == ("麻黄、桂枝、生姜发汗解表，治恶寒发热、无汗；杏仁止咳平喘，治咳嗽；"
-                                      f"甘草（{NO_RECORD}）。")
+                                      f"甘草（{NO_RECORD}）；防己治小便不利。")
