@@ -10,9 +10,10 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.config import HERB_LISTS
 from pipeline.data.baselines import BASELINES
 from pipeline.data.llm_teacher import TeacherError
-from pipeline.data.records import HERB_LISTS, SPLITS
+from pipeline.data.records import SPLITS
 from pipeline.release.card import DEFAULT_STAGES
 from pipeline.release.export import QUANTISATIONS
 from pipeline.run import STAGE_NAMES, STAGES
@@ -78,14 +79,22 @@ def run_unpack(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_tables, reference_row, with_differences
+    from pipeline.evaluate import (
+        evaluate_baseline,
+        evaluate_model,
+        format_tables,
+        reference_row,
+        with_differences,
+        without_cases,
+    )
     from pipeline.runfolder import write_json
 
     views = args.lists
     if args.model:
-        rows = with_differences([row for path in args.model for row in
-                                 evaluate_model(path, args.split, args.limit, args.stepper, args.screen_weight, views)])
         compared = [evaluate_baseline(name, args.split, args.limit, view) for view in views for name in BASELINES]
+        rows = with_differences([row for path in args.model for row in
+                                 evaluate_model(path, args.split, args.limit, args.stepper, args.screen_weight, views)],
+                                compared)
         first = args.model[0]
         name = f"eval-{args.split}" + (f"-stepper-{first.stem}" if rows[0].get("decoding") else "")
         default = (first if first.is_dir() else first.parent) / f"{name}.json"
@@ -95,6 +104,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         rows = [evaluate_baseline(name, args.split, args.limit, view) for view in views for name in names]
         compared = []
         out = args.out or Path("runs") / "evaluate" / f"{'-'.join(names)}-{args.split}.json"
+    rows, compared = without_cases(rows), without_cases(compared)
     document = rows[0] if len(rows) == 1 else rows
     write_json(document, out)
     shown = [*rows, *compared, *(reference_row(args.split, args.limit, view) for view in views)]

@@ -10,8 +10,12 @@ from typing import get_type_hints
 
 import yaml
 
-from pipeline.data.records import HERB_LISTS
 from pipeline.runfolder import TRAINED_STAGES
+
+# The herb lists a split can be read with (pipeline.data.records.load_split). raw: as published, for comparison with
+# published results; clean: rxapp.vocab.Vocab.clean_herbs applied (no artefact token beside its longer name, one
+# name per drug: what matters to a practitioner).
+HERB_LISTS = ("raw", "clean")
 
 
 @dataclass
@@ -153,7 +157,7 @@ class PipelineConfig:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    # the herb lists every stage learns and tunes on (pipeline.data.records.HERB_LISTS): "clean", the lists without
+    # the herb lists every stage learns and tunes on (HERB_LISTS above): "clean", the lists without
     # substring artefacts and second names of one drug (assets/vocab/artefacts.yaml), since the app writes those;
     # "raw" as published
     herb_lists: str = "clean"

@@ -12,10 +12,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.config import HERB_LISTS
 from pipeline.data.baselines import BASELINES, KNN, rank
-from pipeline.data.records import HERB_LISTS, Record, load_split
+from pipeline.data.records import Record, load_split
 from pipeline.data.teacher import TrainStats, claim_is_grounded, step_is_relevant
-from pipeline.metrics import jaccard, names_a_drug_twice, prescription_metrics, ranking_metrics, summary_metrics
+from pipeline.metrics import (
+    COMPARED,
+    case_scores,
+    jaccard,
+    names_a_drug_twice,
+    paired_interval,
+    prescription_metrics,
+    ranking_metrics,
+    summary_metrics,
+)
 from rxapp.backends import Backend
 from rxapp.modelinfo import saved_stop_threshold
 from rxapp.ranking import rank_herbs
@@ -77,6 +87,7 @@ def score(predictions: Sequence[Prediction], records: Sequence[Record], lists: s
     metrics = {
         **ranking_metrics([p.ranking for p in predictions], truths),
         **prescription_metrics([p.prescription for p in predictions], truths),
+        "cases": case_scores([p.ranking for p in predictions], [p.prescription for p in predictions], truths),
     }
     if lists == "clean":
         metrics["two_names"] = sum(names_a_drug_twice(p.prescription) for p in written) / len(written)
@@ -228,16 +239,32 @@ def evaluate_model(path: Path, split: str, limit: int | None = None, stepper: st
              **score(predictions, load_split(split, view)[:limit], view), **decoding} for view in lists]
 
 
-def with_differences(rows: list[dict]) -> list[dict]:
+def difference(row: dict, base: dict) -> dict:
+    """row − base on every metric both have, with a paired bootstrap interval (`M CI`: [low, high]) for each
+    COMPARED metric when both rows kept their per-case scores."""
+    out = {"model": f"Δ {row['model']} − {base['model']}", "split": row["split"], "lists": row["lists"],
+           **{k: v - base[k] for k, v in row.items() if isinstance(v, float) and isinstance(base.get(k), float)}}
+    if "cases" in row and "cases" in base:
+        out |= {f"{m} CI": list(paired_interval(row["cases"], base["cases"], m)) for m in COMPARED}
+    return out
+
+
+def with_differences(rows: list[dict], baselines: Sequence[dict] = (), compared: str | None = None) -> list[dict]:
     """Models' rows grouped by herb lists, each group followed by each later model's metrics minus the first's on
-    the same lists (e.g. DPO against the SFT model it started from)."""
+    the same lists (e.g. DPO against the SFT model it started from), then the `compared` model's (default: the
+    first) minus each baseline's on those lists. "Beats" means an interval that excludes zero."""
     out = []
     for view in dict.fromkeys(r["lists"] for r in rows):
         first, *later = same = [r for r in rows if r["lists"] == view]
-        out += same + [{"model": f"Δ {r['model']} − {first['model']}", "split": first["split"], "lists": view,
-                        **{k: v - first[k] for k, v in r.items()
-                           if isinstance(v, float) and isinstance(first.get(k), float)}} for r in later]
+        chosen = next(r for r in same if r["model"] == compared) if compared else first
+        out += same + [difference(r, first) for r in later]
+        out += [difference(chosen, b) for b in baselines if b["lists"] == view]
     return out
+
+
+def without_cases(rows: Sequence[dict]) -> list[dict]:
+    """The rows as written to JSON: the per-case scores stay in memory."""
+    return [{k: v for k, v in r.items() if k != "cases"} for r in rows]
 
 
 def reference_row(split: str, limit: int | None = None, lists: str = "raw") -> dict:
@@ -249,7 +276,8 @@ def reference_row(split: str, limit: int | None = None, lists: str = "raw") -> d
 
 
 def format_table(rows: Sequence[dict], split: str, lists: str = "raw") -> str:
-    """A plain-text table of the rows on `lists` herb lists, with the published results on the raw test split."""
+    """A plain-text table of the rows on `lists` herb lists, with the published results on the raw test split; each
+    difference row is followed by its intervals."""
     shown = [r for r in rows if r.get("lists", "raw") == lists]
     if split == "test" and lists == "raw":
         shown += [{"model": f"{name} (published)", **m} for name, m in PUBLISHED.items()]
@@ -259,6 +287,9 @@ def format_table(rows: Sequence[dict], split: str, lists: str = "raw") -> str:
     for r in shown:
         cells = "".join((f"{r[c]:.4f}" if c in r else "—").rjust(11) for c in COLUMNS)
         lines.append(r["model"].ljust(width) + cells)
+        if f"{COMPARED[0]} CI" in r:
+            lines.append(" " * width + "  95 % intervals: " + ", ".join(
+                f"{m} [{r[f'{m} CI'][0]:+.4f}, {r[f'{m} CI'][1]:+.4f}]" for m in COMPARED))
     return "\n".join(lines)
 
 

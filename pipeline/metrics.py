@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
+import numpy as np
+
 from rxapp.knowledge import herb_actions
 from rxapp.safety import incompatible_pairs, safety_cost
 from rxapp.vocab import LongestMatch, vocab
@@ -30,6 +32,41 @@ def ranking_metrics(rankings: Sequence[Sequence[str]], truths: Sequence[set[str]
         r = sum(h / len(truth) for h, truth in zip(hits, truths, strict=True)) / len(truths)
         out[f"P@{k}"], out[f"R@{k}"], out[f"F1@{k}"] = p, r, (2 * p * r / (p + r) if p + r else 0.0)
     return out
+
+
+def case_scores(rankings: Sequence[Sequence[str]], prescriptions: Sequence[Sequence[str]],
+                truths: Sequence[set[str]]) -> dict[str, list[float]]:
+    """Per case, what the compared metrics average: P@5, P@10 and R@10 of the ranking, Jaccard of the prescription."""
+    hits5 = [hits_at_k(r, t, 5) for r, t in zip(rankings, truths, strict=True)]
+    hits10 = [hits_at_k(r, t, 10) for r, t in zip(rankings, truths, strict=True)]
+    return {"P@5": [h / 5 for h in hits5], "P@10": [h / 10 for h in hits10],
+            "R@10": [h / len(t) for h, t in zip(hits10, truths, strict=True)],
+            "Jaccard": [jaccard(set(p), t) for p, t in zip(prescriptions, truths, strict=True)]}
+
+
+COMPARED = ("P@5", "F1@10", "Jaccard")  # the metrics whose differences get a paired bootstrap interval
+
+
+def _from_cases(cases: dict[str, np.ndarray], metric: str) -> np.ndarray:
+    """A COMPARED metric from per-case scores, along the last axis (F1@10 as ranking_metrics computes it)."""
+    if metric != "F1@10":
+        return cases[metric].mean(-1)
+    p, r = cases["P@10"].mean(-1), cases["R@10"].mean(-1)
+    return np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+
+
+def paired_interval(a: dict[str, list[float]], b: dict[str, list[float]], metric: str, resamples: int = 1000,
+                    seed: int = 0) -> tuple[float, float]:
+    """95 % paired bootstrap interval of metric(a) − metric(b) over the same cases (case_scores of each), resampling
+    the cases with replacement `resamples` times (seeded)."""
+    n = len(a["P@5"])
+    if len(b["P@5"]) != n:
+        raise ValueError(f"paired scores need the same cases: {n} against {len(b['P@5'])}")
+    picks = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    gaps = (_from_cases({k: np.asarray(v)[picks] for k, v in a.items()}, metric)
+            - _from_cases({k: np.asarray(v)[picks] for k, v in b.items()}, metric))
+    low, high = np.percentile(gaps, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def jaccard(predicted: set[str], truth: set[str]) -> float:

@@ -150,9 +150,16 @@ def export(run: Run) -> dict:
 def evaluate(run: Run) -> dict:
     """Each trained stage's model as Q4_K_M through the app's stepper, the differences from SFT, the baselines and
     the doctors' own prescriptions, on raw and clean herb lists, in RUN/evaluate/SPLIT.json."""
+    from pipeline.config import HERB_LISTS
     from pipeline.data.baselines import BASELINES
-    from pipeline.data.records import HERB_LISTS
-    from pipeline.evaluate import evaluate_baseline, evaluate_model, format_tables, reference_row, with_differences
+    from pipeline.evaluate import (
+        evaluate_baseline,
+        evaluate_model,
+        format_tables,
+        reference_row,
+        with_differences,
+        without_cases,
+    )
     from pipeline.release.export import SHIPPED, shipped_gguf
 
     settings = run.cfg.evaluate
@@ -164,13 +171,16 @@ def evaluate(run: Run) -> dict:
         else:
             best = run.folder.best(stage, run.cfg.grpo.alpha)
             models[name] = shipped_gguf(best, best.parent / "export")
-    rows = with_differences([row | {"model": name} for name, gguf in models.items() for row in
-                             evaluate_model(gguf, settings.split, settings.limit, "llama", settings.screen_weight)])
+    scored = [row | {"model": name} for name, gguf in models.items() for row in
+              evaluate_model(gguf, settings.split, settings.limit, "llama", settings.screen_weight)]
     summary = {f"{row['model']} ({row['lists']})": {k: row[k] for k in ("P@5", "F1@10", "incompat_rate", "two_names")}
-               for row in rows if not row["model"].startswith("Δ")}
-    rows += [evaluate_baseline(name, settings.split, settings.limit, view) for view in HERB_LISTS
-             for name in BASELINES]
-    rows += [reference_row(settings.split, settings.limit, view) for view in HERB_LISTS]
+               for row in scored}
+    baselines = [evaluate_baseline(name, settings.split, settings.limit, view) for view in HERB_LISTS
+                 for name in BASELINES]
+    exported = next(name for name in models if name.endswith("(this export)"))
+    rows = [*with_differences(scored, baselines, exported), *baselines,
+            *(reference_row(settings.split, settings.limit, view) for view in HERB_LISTS)]
+    rows = without_cases(rows)
     write_json(rows, run.folder.evaluation(settings.split))
     print(format_tables(rows, settings.split))
     return summary

@@ -7,12 +7,10 @@ import random
 from dataclasses import dataclass
 from functools import cache
 
+from pipeline.config import HERB_LISTS
 from rxapp.vocab import SMGCN, vocab
 
 SPLITS = ("train", "validation", "test", "train_full")
-# raw: the lists as published (for comparison with published results); clean: rxapp.vocab.Vocab.clean_herbs applied
-# (no artefact token beside its longer name, one name per drug: what matters to a practitioner).
-HERB_LISTS = ("raw", "clean")
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 20200420  # fixed: every model and baseline is tuned on the same validation records
 

@@ -25,12 +25,22 @@ LISTS_HEADINGS = {"raw": "herb lists as published (comparable with the published
                            "artefacts.yaml): what a practitioner would count"}
 
 
+def cell(row: dict, column: str) -> str:
+    """A metric as the card shows it: a difference with its 95 % paired bootstrap interval when it has one."""
+    if column not in row:
+        return "—"
+    if f"{column} CI" in row:
+        low, high = row[f"{column} CI"]
+        return f"{row[column]:+.4f} [{low:+.4f}, {high:+.4f}]"
+    return f"{row[column]:.4f}"
+
+
 def metrics_table(rows: Sequence[dict]) -> str:
-    """Markdown table of evaluation rows (missing metrics shown as —)."""
+    """Markdown table of evaluation rows (missing metrics shown as —; differences with their intervals)."""
     head = "| model | n | " + " | ".join(c.replace("_", " ") for c in CARD_COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(CARD_COLUMNS) + 2)]
     for r in rows:
-        cells = " | ".join(f"{r[c]:.4f}" if c in r else "—" for c in CARD_COLUMNS)
+        cells = " | ".join(cell(r, c) for c in CARD_COLUMNS)
         lines.append(f"| {r['model']} | {r.get('n', '—')} | {cells} |")
     return "\n".join(lines)
 
@@ -115,6 +125,8 @@ recommendation must be reviewed, and its safety warnings read, by the practition
 ## Data
 - Prescriptions: SMGCN (MIT), symptoms → herbs, the published split: {counts['train_full']:,} train (of which a
   validation split of {counts['validation']:,} is carved out for model selection) and {counts['test']:,} test.
+  Every stage learned and was tuned on the {"clean herb lists (substring artefacts removed, one name per drug: "
+  "`assets/vocab/artefacts.yaml`)" if config.herb_lists == "clean" else "herb lists as published"}.
 - Herb knowledge (功效, 性味, 归经): KDHR knowledge graph (Apache-2.0). Explanations are written by the offline
   knowledge teacher from these facts and from symptom–herb statistics of the training split only.
 - Safety rules (十八反, 十九畏, pregnancy, toxicity, dose limits): `assets/safety/`, each with its source.
@@ -138,7 +150,8 @@ Rankings: every herb by the model's first-step probability (`rxapp.ranking`). Se
 (Jaccard, incompatibility rate, average herbs) are on the prescription as generated; "two names" is the share of
 prescriptions naming one drug twice (麦门冬 with 麦冬, 附子 beside 白附子). The statistical baselines
 (co-occurrence, kNN) are shown beside the model: where a model row is below them, the model ranks herbs less
-well than those statistics do.
+well than those statistics do. Δ rows give a difference with its 95 % paired bootstrap interval over the same test
+cases (1,000 resamples, seeded) for P@5, F1@10 and Jaccard: a difference counts only when its interval excludes 0.
 
 {metrics_tables(shown)}
 

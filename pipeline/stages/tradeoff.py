@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.evaluate import evaluate_model
+from pipeline.evaluate import evaluate_model, without_cases
 from pipeline.release.card import plot_tradeoff
 from pipeline.release.export import shipped_gguf
 from pipeline.runfolder import RunFolder, write_json
@@ -34,6 +34,6 @@ def sweep(cfg: PipelineConfig, run_folder: RunFolder, start: Path, alphas: Seque
             at_alpha.grpo.alpha = alpha
             train_grpo(at_alpha, run_folder, start)
         rows.append(scored(folder / "best", folder / "export", split, limit) | {"grpo_alpha": alpha})
-    write_json(rows, run_folder.tradeoff)
+    write_json(without_cases(rows), run_folder.tradeoff)
     plot_tradeoff(rows, run_folder.tradeoff.with_suffix(".png"))
     return rows

@@ -71,7 +71,7 @@ def test_distill_through_a_local_server_validates_caches_and_resumes(server, cli
     assert time.monotonic() - started >= (RECORDS - 1) * 0.1  # 600 requests per minute at most
     assert '"requests": 6' in first.stderr
 
-    records = {r.id: r for r in load_split("validation")}
+    records = {r.id: r for r in load_split("validation", "clean")}  # what distillation teaches
     cached = [json.loads(line) for line in (tmp_path / "llm-validation.jsonl").read_text().splitlines()]
     assert [c["id"] for c in cached] == list(records)[:RECORDS] and all(c["raw"] for c in cached)
     for c in cached:

@@ -13,7 +13,10 @@ def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
     result = cli("-m", "pipeline", "evaluate", "--model", str(gguf), "--split", "test", "--limit", "8",
                  "--screen-weight", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    row, clean = json.loads(out.read_text(encoding="utf-8"))  # one row per herb-list view: raw, then clean
+    rows = json.loads(out.read_text(encoding="utf-8"))
+    row, clean = [r for r in rows if not r["model"].startswith("Δ")]  # one row per herb-list view: raw, then clean
+    differences = [r for r in rows if r["model"].startswith("Δ")]  # the model against each baseline, per view
+    assert len(differences) == 2 * 3 and all(r["P@5 CI"][0] <= r["P@5"] <= r["P@5 CI"][1] for r in differences)
     assert row["decoding"] == "stepper:llama" and row["screen_weight"] == 1 and row["n"] == 8
     assert row["format_validity"] == 1.0 and 0 <= row["P@5"] <= 1  # the stepper only writes parseable steps
     assert (row["lists"], clean["lists"]) == ("raw", "clean") and row["two_names"] == clean["two_names"] == 0
