@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import get_type_hints
+from types import UnionType
+from typing import Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -109,20 +110,23 @@ class GrpoConfig:
     states: int = 8  # states per update (per process under torchrun)
     group: int = 8  # G rollouts per state
     alpha: float = 1.0  # the reward weight of the safety cost in the potential Φ (rxapp.safety.safety_cost)
-    invalid_penalty: float = 0.1  # β: the cost of an invalid line
     step_weight: float = 0.5  # λ: weight of the step advantage beside the outcome advantage
     clip: float = 0.2  # ε of the clipped surrogate
     kl: float = 0.1  # κ: weight of the KL to the reference (the starting model)
     iterations: int = 2  # gradient steps on each update's rollouts (the clip matters from the second on)
     lr: float = 2e-5
-    temperature: float = 0.7  # of the rollouts, and of the log-probabilities in the ratio and the KL
-    max_lines: int = 12  # a rollout ends after this many lines' worth of tokens
+    # of the herb choice in rollouts, and of its log-probabilities in the ratio and the KL (the stop is sampled at the
+    # model's own probability: the app's stop rule reads a quantile of that very distribution)
+    temperature: float = 1.0
+    screen_weight: float = 0.0  # the stepper's safety screen in rollouts (0: the model meets pairs through Φ alone)
+    max_herbs: int = 20  # a rollout ends when its list holds this many herbs (the doctors' mean is 6.9)
     policy_share: float = 0.5  # states from the policy's own rollouts; the rest are corrupted ground truth
     pregnant_share: float = 0.1  # states whose patient is pregnant, so that the pregnancy rules are exercised
     error_cases: int = 200  # validation cases that measure the starting model's errors (for corrupted truth)
     # False: keep the start's stop threshold, so that the stopping GRPO trained is what decoding uses; True re-tunes
-    # it on validation Jaccard, which picked 0.05 and 12–18-herb prescriptions past the rollouts' max_lines
+    # it on validation Jaccard, which picked 0.05 and 12–18-herb prescriptions past the rollouts' length limit
     retune_stop: bool = False
+    checkpoint_every: int = 10  # updates between checkpoints, which `--resume` continues from after an interruption
 
 
 @dataclass
@@ -189,5 +193,32 @@ def _build(cls: type, data: dict, where: str):
     values = {}
     for name, value in data.items():
         kind = hints[name]
-        values[name] = _build(kind, value or {}, f"{where}:{name}") if is_dataclass(kind) else value
+        if is_dataclass(kind):
+            values[name] = _build(kind, value or {}, f"{where}:{name}")
+        elif _fits(value, kind):
+            values[name] = value
+        else:
+            raise ValueError(f"{where}:{name}: expected {_describe(kind)}, got {value!r}")
     return cls(**values)
+
+
+def _fits(value, kind) -> bool:
+    """Whether a YAML value has a setting's type (an int where a float is asked is fine; a bool is not a number)."""
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if get_origin(kind) is list:
+        return isinstance(value, list) and all(_fits(v, get_args(kind)[0]) for v in value)
+    if get_origin(kind) in (Union, UnionType):
+        return any(_fits(value, k) for k in get_args(kind))
+    return isinstance(value, kind)
+
+
+def _describe(kind) -> str:
+    names = {float: "a number", int: "a whole number", str: "text", bool: "true or false", type(None): "null"}
+    if get_origin(kind) is list:
+        return f"a list of {_describe(get_args(kind)[0]).removeprefix('a ')}s"
+    if get_origin(kind) in (Union, UnionType):
+        return " or ".join(_describe(k) for k in get_args(kind))
+    return names.get(kind, kind.__name__)

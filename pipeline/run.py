@@ -120,7 +120,7 @@ def dpo(run: Run) -> dict:
 def grpo(run: Run) -> dict:
     from pipeline.stages.grpo import train_grpo
 
-    return {"best": str(train_grpo(run.cfg, run.folder, run.start_model("grpo")))}
+    return {"best": str(train_grpo(run.cfg, run.folder, run.start_model("grpo"), resume=run.resume))}
 
 
 def tradeoff(run: Run) -> dict:
@@ -230,9 +230,10 @@ FROM_SFT = start_model_option("RUN/sft/best")
 FROM_PREFERENCE_STAGE = start_model_option("RUN/dpo/best when the run has one, else RUN/sft/best")
 FEEDBACK = Option("--from-feedback", "feedback", {"type": Path, "metavar": "FILE", "help": "the app's feedback "
                                                   "database (rx.db) or its JSONL export: its pairs join the data"})
-SFT_OPTIONS = (Option("--resume", "resume", {"action": "store_true", "help": "continue from the last checkpoint"}),)
+RESUME = Option("--resume", "resume", {"action": "store_true", "help": "continue from the last checkpoint"})
+SFT_OPTIONS = (RESUME,)
 GRPO_OPTIONS = (FROM_PREFERENCE_STAGE, Option("--alpha", "grpo.alpha", {
-    "type": float, "help": "the safety cost's reward weight α (default: the config's grpo.alpha)"}))
+    "type": float, "help": "the safety cost's reward weight α (default: the config's grpo.alpha)"}), RESUME)
 SWEEP_OPTIONS = (
     FROM_PREFERENCE_STAGE,
     Option("--alphas", "evaluate.tradeoff_alphas", {"type": float, "nargs": "+", "help": "the α to sweep (default: "

@@ -106,7 +106,7 @@ def choose(logits: np.ndarray, allowed: Sequence[int] | None, cfg: StepperConfig
 
 
 @cache
-def _other_names() -> tuple[np.ndarray, np.ndarray]:
+def other_names() -> tuple[np.ndarray, np.ndarray]:
     """Vocabulary indices of each drug's other names, and of the one name each folds into."""
     v = vocab()
     return (np.array([v.herb_id[n] for n in v.canonical], dtype=int),
@@ -116,7 +116,7 @@ def _other_names() -> tuple[np.ndarray, np.ndarray]:
 def pool_names(herb_logits: np.ndarray) -> np.ndarray:
     """Herb logits (vocabulary order) with each drug's other names folded into its one name (log-sum-exp of their
     probabilities); the other names become impossible."""
-    names, one_name = _other_names()
+    names, one_name = other_names()
     pooled = herb_logits.astype(np.float64, copy=True)
     np.logaddexp.at(pooled, one_name, herb_logits[names])
     pooled[names] = -np.inf
@@ -133,6 +133,14 @@ def screen_costs(herbs: Sequence[int], current: list[str], patient: Patient, cfg
             cost[index[herb]] = math.inf
         else:
             cost[index[herb]] = cfg.screen_weight * warnings_cost(warnings)
+    return cost
+
+
+def addition_costs(current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
+    """What adding each vocabulary herb to `current` costs its pooled logit: the decoding screen, and ∞ for a drug
+    the list already holds under any of its names (each drug once, under one name)."""
+    cost = screen_costs(vocab().herbs, current, patient, cfg)
+    cost[[vocab().herb_id[h] for h in [*current, *vocab().second_names(current)]]] = math.inf
     return cost
 
 
@@ -191,9 +199,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
         herb_logits = pool_names(backend.logits(ids)[list(fmt.herbs)])
         if first_scores is None:
             first_scores = herb_logits - np.logaddexp.reduce(herb_logits)
-        cost = screen_costs(fmt.herbs, result.herbs, patient, cfg)
-        named = [*result.herbs, *vocab().second_names(result.herbs)]
-        cost[[vocab().herb_id[h] for h in named]] = math.inf  # each drug once, under one name
+        cost = addition_costs(result.herbs, patient, cfg)
         if not np.isfinite(cost - herb_logits).any():
             ids.pop()  # every remaining herb is forbidden: stop here
             break

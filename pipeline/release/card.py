@@ -82,8 +82,9 @@ def stage_list(config: PipelineConfig, stages: Sequence[str]) -> str:
                  f"temperature {prefs.temperature}, Jaccard margin {prefs.margin}; rule in `pipeline/stages/prefs.py`)",
         "dpo": f"DPO from the SFT model (β {dpo.beta}, lr {dpo.lr}, {dpo.epochs} epoch(s)"
                + (", then KTO on the unpaired feedback, if any)" if dpo.kto else ")"),
-        "grpo": f"step-wise GRPO (α {grpo.alpha:g}, {grpo.updates} updates × {grpo.states} states × {grpo.group} "
-                f"rollouts, λ {grpo.step_weight}, clip {grpo.clip}, KL {grpo.kl}, lr {grpo.lr})",
+        "grpo": f"step-wise GRPO on the stepper's decisions (α {grpo.alpha:g}, {grpo.updates} updates × "
+                f"{grpo.states} states × {grpo.group} rollouts at T {grpo.temperature:g}, λ {grpo.step_weight}, "
+                f"clip {grpo.clip}, exact KL {grpo.kl}, lr {grpo.lr})",
         "export": "export (merged HF folder, GGUF f16, Q8_0 and Q4_K_M)",
     }
     return "\n".join(f"  - {described[s]}" for s in stages if s in described)

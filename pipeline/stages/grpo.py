@@ -1,37 +1,44 @@
 """`pipeline grpo`: step-wise GRPO with potential-based reward shaping and a safety penalty α (FLAME, methods.md
-§2), the project's own trainer because TRL has no per-step advantages.
+§2), on the decisions the app's stepper makes (pipeline.model.policy), the project's own trainer because TRL has no
+per-step advantages.
 
 A state is (patient, current list L0), written as the response up to 【处方】 plus one teacher-explained 加 line per
 herb of L0. States come from the policy's own rollouts (a prefix of the herbs one rollout added) and from
 corrupted ground truth (true herbs dropped, plausible wrong ones added, as many as the starting model's measured
-errors). From each state the policy samples G continuations without format constraints; each line is an action
-(加 herb, 减 herb, or an invalid line) and the stop token 【 (the 方解 header) stops.
+errors). From each state the policy makes G rollouts; each decision is an action: add a herb (drawn as the stepper
+draws it: other names folded, the list's drugs masked) or stop (at the stop probability the app reads).
 
     Φ(L)   = Jaccard(L, truth) − α · safety_cost(L)
-    r_t    = Φ(L_t) − Φ(L_{t−1}) − β · [line t invalid]
-    A_out  = group-normalised Σ_t r_t             (over the G rollouts of a state)
-    A_step = group-normalised r_t                 (over every line of those G rollouts)
-    A(tok) = A_out + λ · A_step(the token's line)  (tokens after the last line, such as the stop, get A_out)
-    loss   = −min(ρA, clip(ρ, 1 ± ε)A) + κ · KL_k3(π ‖ π_ref), a mean over each rollout's tokens, then rollouts
+    r_t    = Φ(L_t) − Φ(L_{t−1})                    (0 for the stop)
+    A_out  = group-normalised Σ_t r_t                (over the G rollouts of a state)
+    A_step = group-normalised r_t                    (over every decision of those G rollouts)
+    A_t    = A_out + λ · A_step(t)
+    loss   = −min(ρ_t A_t, clip(ρ_t, 1 ± ε) A_t) + κ · KL(π_t ‖ π_ref,t), a mean over each rollout's decisions, then
+             rollouts; ρ_t = π(a_t)/π_old(a_t), and the KL is exact over each decision's whole distribution (stop or
+             add, and every herb), so that the first step's ranking of every herb is held to the start's, not only
+             the herbs the rollouts sampled.
 
 Jaccard is the accuracy term, as in FLAME. The safety cost is rx's one definition (rxapp.safety.safety_cost: each
 十八反/十九畏 pair and, for a pregnant patient, each pregnancy-rule herb, weighted by severity), the same the app's
 decoding screen charges. It is a sum, not FLAME's pairwise rate: one pair among 12 herbs is a rate of 1/66, less than
-one right herb earns in Jaccard, so the rate could not teach the policy to avoid pairs. Under torchrun each process
-draws its own states and the gradients are averaged before each step.
+one right herb earns in Jaccard, so the rate could not teach the policy to avoid pairs. Rollouts are not screened by
+default (grpo.screen_weight 0): a screened rollout never meets a pair, so the model could not learn to avoid one.
+The stepper cannot remove a herb yet, so neither can the policy: from a corrupted list it learns what to add and
+when to stop. Under torchrun each process draws its own states and the gradients are averaged before each step.
 """
-
 from __future__ import annotations
 
 import copy
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.config import GrpoConfig, PipelineConfig
@@ -39,23 +46,17 @@ from pipeline.data.baselines import CoOccurrence, rank
 from pipeline.data.records import Record, load_split
 from pipeline.data.teacher import TrainStats, explain
 from pipeline.metrics import jaccard
-from pipeline.model.llm import load_trained, lora_adapters, pad_rows
+from pipeline.model.llm import load_trained, lora_adapters
+from pipeline.model.policy import Rollout, StepPolicy
 from pipeline.model.training import save_model, seed_everything, setup_distributed, tune_stopping
 from pipeline.runfolder import RunFolder, read_jsonl, write_json
 from rxapp.modelinfo import saved_stop_threshold, write_model_metadata
 from rxapp.safety import Patient, incompatible_pairs, safety_cost
-from rxapp.stepformat import (
-    SUMMARY_HEADER,
-    encode_prompt,
-    judge_step,
-    parse_response,
-    render_analysis,
-    render_prompt,
-    render_step,
-    steps_prefix,
-)
+from rxapp.stepformat import encode_prompt, parse_response, render_analysis, render_prompt, render_step, steps_prefix
+from rxapp.stepper import StepperConfig
+from rxapp.vocab import vocab
 
-CURVES = ("reward", "phi", "kl", "invalid_rate", "incompat_rate")
+CURVES = ("reward", "phi", "kl", "herbs", "stop_rate", "incompat_rate")
 
 
 @dataclass(frozen=True)
@@ -70,49 +71,58 @@ def potential(herbs: Sequence[str], state: State, alpha: float) -> float:
     return jaccard(set(herbs), set(state.truth)) - alpha * safety_cost(herbs, Patient(pregnant=state.pregnant))
 
 
-def line_rewards(state: State, lines: Sequence[str], cfg: GrpoConfig) -> tuple[list[float], list[bool], list[str]]:
-    """Each line's shaped reward r_t, whether it was invalid, and the list the lines end with."""
-    current, rewards, invalid = list(state.start), [], []
-    for line in lines:
-        before = potential(current, state, cfg.alpha)
-        step = judge_step(line, current)
-        if step.valid and step.action == "add":
-            current.append(step.herb)
-        elif step.valid:
-            current.remove(step.herb)
-        rewards.append(potential(current, state, cfg.alpha) - before - cfg.invalid_penalty * (not step.valid))
-        invalid.append(not step.valid)
-    return rewards, invalid, current
+def action_rewards(state: State, rollout: Rollout, alpha: float) -> list[float]:
+    """Each decision's shaped reward r_t: the change in potential its herb brings, 0 for the stop."""
+    current, rewards = list(state.start), []
+    for decision in rollout.decisions:
+        before = potential(current, state, alpha)
+        if decision.herb is not None:
+            current.append(vocab().herbs[decision.herb])
+        rewards.append(potential(current, state, alpha) - before)
+    return rewards
 
 
 def normalise(values: torch.Tensor) -> torch.Tensor:
     return (values - values.mean()) / (values.std() + 1e-6) if values.numel() > 1 else values * 0
 
 
-def token_advantages(group_rewards: list[list[float]], line_of_token: list[torch.Tensor], step_weight: float
-                     ) -> list[torch.Tensor]:
-    """A(tok) for each rollout of one group: the outcome advantage plus λ × the step advantage of the token's
-    line."""
+def action_advantages(group_rewards: list[list[float]], step_weight: float) -> list[torch.Tensor]:
+    """A_t for each decision of each rollout of one group: the outcome advantage plus λ × the step advantage."""
     outcome = normalise(torch.tensor([sum(r) for r in group_rewards], dtype=torch.float32))
     steps = normalise(torch.tensor([x for r in group_rewards for x in r] or [0.0], dtype=torch.float32))
     out, at = [], 0
     for k, rewards in enumerate(group_rewards):
-        own = torch.cat([steps[at : at + len(rewards)], torch.zeros(1)])  # index len(rewards): after the last line
+        out.append(outcome[k] + step_weight * steps[at : at + len(rewards)])
         at += len(rewards)
-        out.append(outcome[k] + step_weight * own[line_of_token[k].clamp(max=len(rewards))])
     return out
 
 
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, cfg: GrpoConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped surrogate plus κ·KL (k3 estimator) over [rollouts × tokens]; returns (loss, mean KL)."""
+def exact_kl(stop_logit: torch.Tensor, herb_logp: torch.Tensor, ref_stop_logit: torch.Tensor,
+             ref_herb_logp: torch.Tensor, added: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+    """KL(π ‖ π_ref) of each decision's whole distribution: the stop (a Bernoulli, where the format allows it) and,
+    for an addition, the herb."""
+    p = torch.sigmoid(stop_logit)
+    stop = p * (F.logsigmoid(stop_logit) - F.logsigmoid(ref_stop_logit)) + (1 - p) * (
+        F.logsigmoid(-stop_logit) - F.logsigmoid(-ref_stop_logit))
+    allowed = torch.isfinite(herb_logp)  # the same herbs for both: the stepper's mask does not depend on the model
+    own, ref = herb_logp.masked_fill(~allowed, 0.0), ref_herb_logp.masked_fill(~allowed, 0.0)  # no −∞ − −∞ (NaN)
+    herb = (allowed * own.exp() * (own - ref)).sum(-1)
+    return torch.where(forced, 0.0, stop) + torch.where(added, herb, 0.0)
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, kl: torch.Tensor, advantages: torch.Tensor,
+              mask: torch.Tensor, cfg: GrpoConfig) -> torch.Tensor:
+    """Clipped surrogate plus κ·KL over [rollouts × decisions], a mean over each rollout's decisions, then
+    rollouts."""
     ratio = torch.exp(logp - old_logp)
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantages)
-    log_ratio = (ref_logp - logp).clamp(-10.0, 10.0)  # one token the policy has all but dropped must not explode
-    kl = torch.exp(log_ratio) - log_ratio - 1
-    per_token = (-surrogate + cfg.kl * kl) * mask
-    per_rollout = per_token.sum(1) / mask.sum(1).clamp(min=1)
-    return per_rollout.mean(), (kl * mask).sum() / mask.sum()
+    per_decision = (-surrogate + cfg.kl * kl) * mask
+    return (per_decision.sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+def by_rollout(values: torch.Tensor, rollouts: Sequence[Rollout]) -> torch.Tensor:
+    """Per-decision values (flat, in order) as [rollouts × decisions], zero-padded."""
+    return torch.nn.utils.rnn.pad_sequence(values.split([len(r.decisions) for r in rollouts]), batch_first=True)
 
 
 def corrupted_truth(truth: Sequence[str], candidates: Sequence[str], missing: Sequence[int], extra: Sequence[int],
@@ -137,45 +147,13 @@ def prefix_ids(tokenizer, state: State, stats: TrainStats) -> list[int]:
     return encode_prompt(tokenizer, prompt) + tokenizer.encode(prefix, add_special_tokens=False)
 
 
-@torch.no_grad()
-def rollouts(model, tokenizer, prompts: list[list[int]], count: int, cfg: GrpoConfig) -> list[list[int]]:
-    """`count` sampled continuations (token ids) of each prompt, each ending at the stop token 【, the end token,
-    or after `max_lines` lines' worth of tokens."""
-    stop = tokenizer.encode(SUMMARY_HEADER, add_special_tokens=False)[0]
-    ends = (stop, tokenizer.eos_token_id)
-    ids, mask = pad_rows([p for p in prompts for _ in range(count)], tokenizer.pad_token_id, left=True)
-    width = ids.shape[1]
-    device = next(model.parameters()).device
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=0,
-                         temperature=cfg.temperature, max_new_tokens=14 * cfg.max_lines, eos_token_id=list(ends),
-                         pad_token_id=tokenizer.pad_token_id)
-    completions = []
-    for row in out[:, width:].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in ends), len(row))
-        completions.append(row[:cut])
-    return completions
-
-
-def completion_lines(tokenizer, completion: list[int]) -> tuple[list[str], torch.Tensor]:
-    """The completed lines of a completion and, per token, the index of its line (a line owns its newline; the
-    tokens after the last newline, such as the stop token, get index len(lines))."""
-    line_of_token, line = [], 0
-    for piece in tokenizer.batch_decode([[t] for t in completion]):
-        line_of_token.append(line)
-        line += piece.count("\n")
-    lines = tokenizer.decode(completion).split("\n")[:line]
-    return lines, torch.tensor(line_of_token)
-
-
-def completion_logprobs(model, prompt: list[int], completions: list[list[int]], pad: int, temperature: float = 1.0
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π of every completion token after the shared prompt, at the sampling temperature (the policy that made
-    the rollouts), [G × T] and right-padded, with its mask."""
-    device = next(model.parameters()).device
-    ids, attention = pad_rows([prompt + c for c in completions], pad)
-    logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits[:, len(prompt) - 1 : -1]
-    logp = (logits.float() / temperature).log_softmax(-1).gather(-1, ids[:, len(prompt):, None].to(device))[..., 0]
-    return logp, attention[:, len(prompt):].float().to(device)
+def sample_rollouts(policy: StepPolicy, states: Sequence[State], count: int, stats: TrainStats,
+                    rng: np.random.Generator) -> list[Rollout]:
+    """`count` rollouts from each state, grouped by state."""
+    rows = [s for s in states for _ in range(count)]
+    return policy.sample([prefix_ids(policy.tokenizer, s, stats) for s in rows], [s.start for s in rows],
+                         [Patient(pregnant=s.pregnant) for s in rows],
+                         lambda row, herb: explain(herb, rows[row].symptoms, stats), rng)
 
 
 def average_gradients(model, world: int) -> None:
@@ -189,53 +167,54 @@ def average_gradients(model, world: int) -> None:
             p.grad /= world
 
 
-def grpo_update(model, reference, tokenizer, optimizer, states: list[State], stats: TrainStats, cfg: GrpoConfig,
-                world: int = 1) -> dict:
-    """One update: G rollouts per state, shaped rewards, token advantages, `iterations` gradient steps. Returns
-    this update's values of the curves."""
-    prompts = [prefix_ids(tokenizer, s, stats) for s in states]
+def grpo_update(policy: StepPolicy, reference, optimizer, states: list[State], stats: TrainStats, cfg: GrpoConfig,
+                rng: np.random.Generator, world: int = 1) -> dict:
+    """One update: G rollouts per state, shaped rewards, advantages, `iterations` gradient steps. Returns this
+    update's values of the curves."""
+    model = policy.model
     model.eval()  # and it stays so: with dropout the ratio and the KL would measure dropout noise, not the update
-    completions = rollouts(model, tokenizer, prompts, cfg.group, cfg)
-    groups, totals = [], dict.fromkeys(("reward", "phi", "invalid_rate", "incompat_rate", "lines"), 0.0)
+    rollouts = sample_rollouts(policy, states, cfg.group, stats, rng)
+    groups = []
     for s, state in enumerate(states):
-        group = completions[s * cfg.group : (s + 1) * cfg.group]
-        parsed = [completion_lines(tokenizer, c) for c in group]
-        judged = [line_rewards(state, lines, cfg) for lines, _ in parsed]
-        advantages = token_advantages([r for r, _, _ in judged], [index for _, index in parsed], cfg.step_weight)
-        padded = torch.nn.utils.rnn.pad_sequence(advantages, batch_first=True)
+        group = [r for r in rollouts[s * cfg.group : (s + 1) * cfg.group] if r.decisions]
+        if not group:
+            continue
+        advantages = action_advantages([action_rewards(state, r, cfg.alpha) for r in group], cfg.step_weight)
         with torch.no_grad():
-            old, mask = completion_logprobs(model, prompts[s], group, tokenizer.pad_token_id, cfg.temperature)
-            ref = reference_logprobs(model, reference, prompts[s], group, tokenizer.pad_token_id, cfg.temperature)
-        groups.append((prompts[s], group, padded.to(old.device), old, ref, mask))
-        for rewards, invalid, final in judged:
-            totals["reward"] += sum(rewards)
-            totals["phi"] += potential(final, state, cfg.alpha)
-            totals["invalid_rate"] += sum(invalid)
-            totals["lines"] += len(invalid)
-            totals["incompat_rate"] += incompatible_pairs(final) > 0
+            old, _, _ = policy.log_probs(model, group)
+            ref = policy.log_probs(reference, group) if reference is not None else reference_log_probs(policy, group)
+        added = torch.tensor([d.herb is not None for r in group for d in r.decisions])
+        forced = torch.tensor([d.forced for r in group for d in r.decisions])
+        padded = torch.nn.utils.rnn.pad_sequence(advantages, batch_first=True)
+        groups.append((group, padded, by_rollout(old, group), ref[1:], added, forced))
+    kl_sum = 0.0
     for _ in range(cfg.iterations):
         kl_sum = 0.0
-        for prompt, group, advantage, old, ref, mask in groups:
-            logp, _ = completion_logprobs(model, prompt, group, tokenizer.pad_token_id, cfg.temperature)
-            loss, kl = grpo_loss(logp, old, ref, advantage, mask, cfg)
+        for group, advantage, old, (ref_stop, ref_herb), added, forced in groups:
+            logp, stop_logit, herb_logp = policy.log_probs(model, group)
+            kl = exact_kl(stop_logit, herb_logp, ref_stop, ref_herb, added.to(logp.device), forced.to(logp.device))
+            mask = by_rollout(torch.ones_like(logp), group)
+            loss = grpo_loss(by_rollout(logp, group), old, by_rollout(kl, group), advantage.to(logp.device), mask, cfg)
             (loss / len(groups)).backward()
-            kl_sum += kl.item()
+            kl_sum += (kl.sum() / len(kl)).item()
         average_gradients(model, world)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    values = {k: totals[k] / len(completions) for k in ("reward", "phi", "incompat_rate")}
-    return values | {"kl": kl_sum / len(groups),  # at the last iteration
-                     "invalid_rate": totals["invalid_rate"] / max(totals["lines"], 1.0)}
+    finals = [(states[i // cfg.group], r) for i, r in enumerate(rollouts)]
+    return {"reward": float(np.mean([potential(r.herbs, s, cfg.alpha) - potential(s.start, s, cfg.alpha)
+                                     for s, r in finals])),
+            "phi": float(np.mean([potential(r.herbs, s, cfg.alpha) for s, r in finals])),
+            "kl": kl_sum / max(len(groups), 1),  # at the last iteration
+            "herbs": float(np.mean([len(r.herbs) for r in rollouts])),
+            "stop_rate": float(np.mean([r.stopped for r in rollouts])),
+            "incompat_rate": float(np.mean([incompatible_pairs(r.herbs) > 0 for r in rollouts]))}
 
 
-def reference_logprobs(model, reference, prompt: list[int], completions: list[list[int]], pad: int,
-                       temperature: float) -> torch.Tensor:
-    """log π_ref of the completion tokens: the frozen starting model, or (LoRA) the model with its adapters off."""
-    if reference is not None:
-        return completion_logprobs(reference, prompt, completions, pad, temperature)[0]
-    with model.disable_adapter():
-        return completion_logprobs(model, prompt, completions, pad, temperature)[0]
+def reference_log_probs(policy: StepPolicy, rollouts: Sequence[Rollout]) -> tuple[torch.Tensor, ...]:
+    """The reference's log-probabilities (LoRA): the model with its adapters off."""
+    with policy.model.disable_adapter():
+        return policy.log_probs(policy.model, rollouts)
 
 
 def measured_errors(model, tokenizer, validation: list[dict], threshold: float) -> tuple[list[int], list[int]]:
@@ -261,43 +240,34 @@ class StateSource:
     cfg: GrpoConfig
     rng: random.Random
 
-    def draw(self, model, tokenizer, stats: TrainStats) -> list[State]:
+    def draw(self, policy: StepPolicy, stats: TrainStats, rng: np.random.Generator) -> list[State]:
         records = self.rng.sample(self.train, self.cfg.states)
         patients = [State(r.symptoms, self.rng.random() < self.cfg.pregnant_share, frozenset(r.herbs), ())
                     for r in records]
         from_policy = [self.rng.random() < self.cfg.policy_share for _ in patients]
         drawn = [p for p, own in zip(patients, from_policy, strict=True) if own]
-        starts = iter(self.policy_prefixes(model, tokenizer, drawn, stats))
+        starts = iter(self.policy_prefixes(policy, drawn, stats, rng))
         ranked = rank(self.candidates.scores([p.symptoms for p in patients]))
         return [State(p.symptoms, p.pregnant, p.truth,
                       next(starts) if own else corrupted_truth(sorted(p.truth), ranked[i], *self.errors, self.rng))
                 for i, (p, own) in enumerate(zip(patients, from_policy, strict=True))]
 
-    def policy_prefixes(self, model, tokenizer, patients: list[State], stats: TrainStats) -> list[tuple[str, ...]]:
+    def policy_prefixes(self, policy: StepPolicy, patients: list[State], stats: TrainStats,
+                        rng: np.random.Generator) -> list[tuple[str, ...]]:
         """A random-length prefix of the herbs that one rollout of the policy adds, per patient."""
-        if not patients:
-            return []
-        completions = rollouts(model, tokenizer, [prefix_ids(tokenizer, p, stats) for p in patients], 1, self.cfg)
-        prefixes = []
-        for completion in completions:
-            added = []
-            for line in completion_lines(tokenizer, completion)[0]:
-                step = judge_step(line, added)
-                if step.valid and step.action == "add":
-                    added.append(step.herb)
-            prefixes.append(tuple(added[: self.rng.randint(0, len(added))]))
-        return prefixes
+        added = [r.added for r in sample_rollouts(policy, patients, 1, stats, rng)] if patients else []
+        return [tuple(a[: self.rng.randint(0, len(a))]) for a in added]
 
 
 def plot_curves(log: list[dict], path: Path) -> None:
-    """Reward, Φ, KL, invalid rate and incompatibility rate against the update, one panel each."""
+    """Reward, Φ, KL, herbs per rollout, stop rate and incompatibility rate against the update, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3))
-    for ax, key in zip(axes, CURVES, strict=True):
+    fig, axes = plt.subplots(2, len(CURVES) // 2, figsize=(4 * len(CURVES) // 2, 6))
+    for ax, key in zip(axes.flat, CURVES, strict=True):
         ax.plot([e["update"] for e in log], [e[key] for e in log])
         ax.set_title(key)
         ax.set_xlabel("update")
@@ -317,8 +287,36 @@ def policy_and_reference(cfg: PipelineConfig, start: Path, device: str):
     return get_peft_model(model.merge_and_unload(), lora_adapters(cfg.model)).to(device), None, tokenizer
 
 
-def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path) -> Path:
-    """GRPO from the model in `start`; the result in RUN/grpo-a{α}/best, with log.json and curves.png."""
+def save_checkpoint(path: Path, model, optimizer, log: list[dict], identity: dict, rngs: dict, main: bool) -> None:
+    """What resuming needs after `len(log)` updates: the trainable weights and the optimizer (written by the first
+    process), and each process's random states."""
+    if main:
+        trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "log": log, **identity},
+                   path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    own = path.with_name(f"{path.stem}-rng{rngs['rank']}.pt")
+    torch.save({"updates": len(log), **rngs}, own.with_suffix(".tmp"))
+    own.with_suffix(".tmp").replace(own)
+
+
+def load_checkpoint(path: Path, model, optimizer, identity: dict, rank: int) -> tuple[list[dict], dict | None]:
+    """The log and this process's random states of a checkpoint made by the same settings from the same start,
+    its weights and optimizer loaded; ([], None) when there is none to resume."""
+    own = path.with_name(f"{path.stem}-rng{rank}.pt")
+    if not (path.exists() and own.exists()):
+        return [], None
+    saved, rngs = torch.load(path, weights_only=False), torch.load(own, weights_only=False)
+    if any(saved.get(k) != v for k, v in identity.items()) or rngs["updates"] != len(saved["log"]):
+        return [], None
+    model.load_state_dict(saved["model"], strict=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    return saved["log"], rngs
+
+
+def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path, resume: bool = False) -> Path:
+    """GRPO from the model in `start`; the result in RUN/grpo-a{α}/best, with log.json and curves.png. With
+    `resume`, an interrupted run goes on from its last checkpoint (every grpo.checkpoint_every updates)."""
     settings = cfg.grpo
     rank_, world, device = setup_distributed()
     seed_everything(cfg.seed)
@@ -331,12 +329,20 @@ def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path) -> Path:
     source = StateSource(train, errors, CoOccurrence().fit(train), settings, random.Random(cfg.seed + rank_))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr,
                                   weight_decay=0.0)
-    torch.manual_seed(cfg.seed + rank_)  # each process samples its own rollouts
-    log, began = [], time.time()
-    bar = tqdm(range(settings.updates), desc=f"grpo α={settings.alpha:g}", unit="update", disable=rank_ != 0 or None)
+    rng = np.random.default_rng(cfg.seed + rank_)  # each process samples its own rollouts
+    policy = StepPolicy(model, tokenizer, settings.temperature,
+                        StepperConfig(screen_weight=settings.screen_weight, forbid_severe=False), settings.max_herbs)
+    checkpoint, identity = out / "checkpoint.pt", {"settings": asdict(settings), "start": str(start), "world": world}
+    log, rngs = load_checkpoint(checkpoint, model, optimizer, identity, rank_) if resume else ([], None)
+    if rngs:
+        source.rng.setstate(rngs["source"])
+        rng.bit_generator.state = rngs["numpy"]
+    began = time.time() - (log[-1]["elapsed_s"] if log else 0.0)
+    bar = tqdm(range(len(log), settings.updates), desc=f"grpo α={settings.alpha:g}", unit="update",
+               initial=len(log), total=settings.updates, disable=rank_ != 0 or None)
     for update in bar:
-        states = source.draw(model, tokenizer, stats)
-        values = grpo_update(model, reference, tokenizer, optimizer, states, stats, settings, world)
+        states = source.draw(policy, stats, rng)
+        values = grpo_update(policy, reference, optimizer, states, stats, settings, rng, world)
         if world > 1:
             summed = torch.tensor([values[k] for k in CURVES])
             dist.all_reduce(summed)
@@ -346,6 +352,10 @@ def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path) -> Path:
         if rank_ == 0:  # after every update, so that a long run can be watched
             write_json({"settings": settings.__dict__, "start": str(start), "processes": world, "updates": log},
                        out / "log.json")
+        if (update + 1) % settings.checkpoint_every == 0 and update + 1 < settings.updates:
+            save_checkpoint(checkpoint, model, optimizer, log, identity,
+                            {"rank": rank_, "source": source.rng.getstate(), "numpy": rng.bit_generator.state},
+                            rank_ == 0)
     best = out / "best"
     if rank_ == 0:
         save_model(model.merge_and_unload() if reference is None else model, tokenizer, best)

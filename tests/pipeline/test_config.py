@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from pipeline.config import PipelineConfig
@@ -39,3 +41,18 @@ def test_the_herb_lists_must_be_raw_or_clean(tmp_path):
     path.write_text("herb_lists: cleaned\n")
     with pytest.raises(ValueError, match="herb_lists must be one of raw, clean"):
         PipelineConfig.load(path)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("grpo:\n  lr: 1e-5\n", "grpo:lr: expected a number, got '1e-5'"),  # YAML 1.1 reads 1e-5 as text
+    ("sft:\n  epochs: 2.5\n", "sft:epochs: expected a whole number, got 2.5"),
+    ("evaluate:\n  limit: many\n", "evaluate:limit: expected a whole number or null, got 'many'"),
+    ("evaluate:\n  tradeoff_alphas: [0, x]\n", "tradeoff_alphas: expected a list of numbers"),
+    ("grpo:\n  retune_stop: 1\n", "grpo:retune_stop: expected true or false, got 1"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_naming_its_key(tmp_path, setting, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(setting)
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        PipelineConfig.load(path)
+    assert "\n" not in str(raised.value)

@@ -32,7 +32,7 @@ def test_run_trains_every_stage_then_redoes_only_what_changed(cli, tmp_path):
     assert [r["model"] for r in rows[:4]] == ["sft", "dpo", "grpo α=1 (this export)", "Δ dpo − sft"]
     assert all(r["n"] == 16 and r["decoding"] == "stepper:llama" for r in rows[:3])
     card = (out / "export" / "card.md").read_text(encoding="utf-8")
-    assert "DPO from the SFT model" in card and "step-wise GRPO (α 1" in card and f"{rows[2]['F1@10']:.4f}" in card
+    assert "DPO from the SFT model" in card and "stepper's decisions (α 1" in card and f"{rows[2]['F1@10']:.4f}" in card
     assert "sft epoch" in (out / "logs" / "sft.log").read_text(encoding="utf-8")
     assert (out / "config.yaml").read_text(encoding="utf-8") == MICRO.read_text(encoding="utf-8")
 

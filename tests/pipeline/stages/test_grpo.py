@@ -6,14 +6,31 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from pipeline.config import GrpoConfig
+from pipeline.data.teacher import TrainStats
 from pipeline.metrics import jaccard
-from pipeline.stages.grpo import State, grpo_loss, line_rewards, potential, token_advantages
+from pipeline.model.policy import Decision, Rollout, StepPolicy, fold_names
+from pipeline.stages.grpo import (
+    CURVES,
+    State,
+    action_advantages,
+    action_rewards,
+    by_rollout,
+    exact_kl,
+    grpo_loss,
+    potential,
+    sample_rollouts,
+)
 from rxapp.engine import model_card
-from rxapp.modelinfo import saved_stop_threshold, write_model_metadata
+from rxapp.modelinfo import file_sha256, saved_stop_threshold, write_model_metadata
+from rxapp.safety import Patient
+from rxapp.stepformat import parse_response
+from rxapp.stepper import StepperConfig, pool_names
+from rxapp.vocab import vocab
 from tests.conftest import ROOT
 
 
@@ -21,15 +38,20 @@ def state(truth, start=(), pregnant=False) -> State:
     return State(("咳嗽",), pregnant, frozenset(truth), tuple(start))
 
 
-def test_step_rewards_telescope_to_the_change_in_potential_and_charge_invalid_lines():
-    cfg = GrpoConfig(alpha=1.0, invalid_penalty=0.1)
+def rollout(start, actions) -> Rollout:
+    """A rollout from `start` whose decisions add `actions` in order (None: stop)."""
+    index = vocab().herb_id
+    return Rollout([], tuple(start), Patient(), [Decision(0, False, None if a is None else index[a], np.zeros(1), 0.0)
+                                                 for a in actions])
+
+
+def test_step_rewards_telescope_to_the_change_in_potential():
     s = state({"麻黄", "杏仁", "甘草"}, start=["桂枝"])
-    lines = ["加麻黄：发汗", "这不是一步", "加杏仁：止咳", "减桂枝：不需要", "加杏仁：重复"]
-    rewards, invalid, final = line_rewards(s, lines, cfg)
-    assert invalid == [False, True, False, False, True] and final == ["麻黄", "杏仁"]
+    taken = rollout(["桂枝"], ["麻黄", "甘遂", "杏仁", None])
+    rewards = action_rewards(s, taken, alpha=1.0)
+    assert taken.herbs == ["桂枝", "麻黄", "甘遂", "杏仁"] and taken.stopped and rewards[-1] == 0.0
     assert rewards[0] == pytest.approx(jaccard({"桂枝", "麻黄"}, s.truth) - jaccard({"桂枝"}, s.truth))
-    assert rewards[1] == pytest.approx(-0.1)
-    assert sum(rewards) == pytest.approx(potential(final, s, 1.0) - potential(["桂枝"], s, 1.0) - 0.2)
+    assert sum(rewards) == pytest.approx(potential(taken.herbs, s, 1.0) - potential(["桂枝"], s, 1.0))
 
 
 def test_the_potential_prices_the_apps_safety_cost_by_alpha():
@@ -40,49 +62,98 @@ def test_the_potential_prices_the_apps_safety_cost_by_alpha():
     assert potential(["麝香"], state({"麝香"}), 1.0) == 1.0
 
 
-def test_token_advantage_is_the_outcome_plus_lambda_times_the_step_advantage_of_its_line():
+def test_action_advantage_is_the_outcome_plus_lambda_times_the_step_advantage():
     rewards = [[0.5, -0.1], [0.0], [0.2, 0.2, 0.2]]
-    lines = [torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1]), torch.tensor([0, 1, 2, 3])]
-    advantages = token_advantages(rewards, lines, step_weight=0.5)
+    advantages = action_advantages(rewards, step_weight=0.5)
     outcome = torch.tensor([0.4, 0.0, 0.6])
     outcome = (outcome - outcome.mean()) / (outcome.std() + 1e-6)
     steps = torch.tensor([0.5, -0.1, 0.0, 0.2, 0.2, 0.2])
     steps = (steps - steps.mean()) / (steps.std() + 1e-6)
-    expected = [outcome[0] + 0.5 * steps[0]] * 2 + [outcome[0] + 0.5 * steps[1], outcome[0]]
-    assert advantages[0].tolist() == pytest.approx([e.item() for e in expected])
-    assert advantages[1][-1].item() == pytest.approx(outcome[1].item())  # the stop token: outcome only
-    assert sum(a[0] for a in advantages) != 0  # the step term is there
-    stopped_at_once = token_advantages([[], []], [torch.tensor([0]), torch.tensor([0])], step_weight=0.5)
-    assert [a.tolist() for a in stopped_at_once] == [[0.0], [0.0]]  # no lines anywhere: nothing to learn
+    assert advantages[0].tolist() == pytest.approx((outcome[0] + 0.5 * steps[:2]).tolist())
+    assert advantages[2].tolist() == pytest.approx((outcome[2] + 0.5 * steps[3:]).tolist())
+    assert [len(a) for a in advantages] == [2, 1, 3]
 
 
-def test_one_step_of_the_loss_raises_the_better_rollout_and_lowers_the_worse(micro_run):
+def test_folding_names_in_torch_is_the_steppers_pooling():
+    logits = np.random.default_rng(0).normal(size=(3, len(vocab().herbs)))
+    folded = fold_names(torch.tensor(logits))
+    assert np.allclose(folded.numpy(), np.stack([pool_names(row) for row in logits]))
+
+
+@pytest.fixture(scope="module")
+def policy(micro_run):
     from pipeline.model.llm import load_trained
-    from pipeline.stages.grpo import completion_logprobs
 
     model, tokenizer = load_trained(micro_run / "sft" / "best")
-    prompt = tokenizer.encode("症状：咳嗽\n", add_special_tokens=False)
-    group = [tokenizer.encode(t, add_special_tokens=False) for t in ("加麻黄：发汗\n【", "加甘遂：逐水\n【")]
+    return StepPolicy(model.eval(), tokenizer, 1.0, StepperConfig(screen_weight=0.0, forbid_severe=False), 6)
+
+
+@pytest.fixture(scope="module")
+def stats():
+    from pipeline.data.records import load_split
+
+    return TrainStats.from_records(load_split("train", "clean"))
+
+
+def test_rollouts_decide_as_the_stepper_and_their_log_probs_recompute(policy, stats):
+    states = [state({"杏仁", "甘草"}), state({"麦冬"}, start=["麦冬", "桔梗"]), state({"麝香"}, pregnant=True)]
+    rollouts = sample_rollouts(policy, states, 4, stats, np.random.default_rng(0))
+    assert len(rollouts) == 12 and all(r.decisions for r in rollouts)
+    for r in rollouts:
+        assert len(set(r.herbs)) == len(r.herbs) and not set(vocab().second_names(r.herbs)) & set(r.herbs)
+        assert not set(r.herbs) & set(vocab().canonical)  # other names are folded into their one name
+        assert r.decisions[0].forced == (not r.start) and len(r.herbs) <= 6
+        assert r.stopped or len(r.herbs) == 6
+        assert parse_response(policy.tokenizer.decode(r.ids)).herbs == r.herbs  # the lines read back as the list
+    logp, stop_logit, herb_logp = policy.log_probs(policy.model, rollouts)  # one pass over the unpadded sequences
+    sampled = torch.tensor([d.logp for r in rollouts for d in r.decisions])
+    assert torch.allclose(logp.double(), sampled.double(), atol=1e-3)  # the cache, padded inside, changes nothing
+    assert torch.isfinite(stop_logit).all() and torch.isfinite(herb_logp).any(-1).all()
+
+
+def test_one_step_of_the_loss_raises_the_better_rollout_and_lowers_the_worse(micro_run, stats):
+    from pipeline.model.llm import load_trained
+
+    model, tokenizer = load_trained(micro_run / "sft" / "best")
+    learner = StepPolicy(model.eval(), tokenizer, 1.0, StepperConfig(screen_weight=0.0, forbid_severe=False), 4)
+    group = sample_rollouts(learner, [state({"杏仁"})], 2, stats, np.random.default_rng(1))
     cfg = GrpoConfig(kl=0.0)
     with torch.no_grad():
-        before, mask = completion_logprobs(model, prompt, group, tokenizer.pad_token_id)
+        before = by_rollout(learner.log_probs(model, group)[0], group)
+    mask = by_rollout(torch.ones(sum(len(r.decisions) for r in group)), group)
     advantages = torch.tensor([[1.0], [-1.0]]).expand_as(before)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    logp, _ = completion_logprobs(model, prompt, group, tokenizer.pad_token_id)
-    loss, kl = grpo_loss(logp, before, before, advantages, mask, cfg)
-    assert kl.item() == pytest.approx(0.0, abs=1e-6)
-    loss.backward()
+    logp = by_rollout(learner.log_probs(model, group)[0], group)
+    grpo_loss(logp, before, torch.zeros_like(logp), advantages, mask, cfg).backward()
     optimizer.step()
     with torch.no_grad():
-        after, _ = completion_logprobs(model, prompt, group, tokenizer.pad_token_id)
+        after = by_rollout(learner.log_probs(model, group)[0], group)
     change = ((after - before) * mask).sum(1)
     assert change[0] > 0 > change[1]
+
+
+def test_the_kl_is_exact_over_each_decisions_whole_distribution():
+    herb_logp = torch.tensor([[-0.5, -1.0, -torch.inf]]).log_softmax(-1)
+    same = exact_kl(torch.tensor([0.3]), herb_logp, torch.tensor([0.3]), herb_logp, torch.tensor([True]),
+                    torch.tensor([False]))
+    assert same.item() == pytest.approx(0.0, abs=1e-7)
+    moved = exact_kl(torch.tensor([0.3]), herb_logp, torch.tensor([-1.0]), torch.tensor([[-0.1, -3.0, -torch.inf]]),
+                     torch.tensor([True]), torch.tensor([False]))
+    p, q = herb_logp.exp()[0, :2], torch.tensor([-0.1, -3.0]).exp()
+    stop = torch.distributions.kl_divergence(torch.distributions.Bernoulli(logits=torch.tensor(0.3)),
+                                             torch.distributions.Bernoulli(logits=torch.tensor(-1.0)))
+    assert moved.item() == pytest.approx((p * (p.log() - q.log())).sum().item() + stop.item(), rel=1e-5)
+    logits = torch.tensor([[0.2, -0.4, 0.0]], requires_grad=True)  # the third herb masked, as the stepper does
+    own = (logits - torch.tensor([[0.0, 0.0, torch.inf]])).log_softmax(-1)
+    exact_kl(torch.tensor([0.3]), own, torch.tensor([0.3]), herb_logp, torch.tensor([True]),
+             torch.tensor([False])).sum().backward()
+    assert torch.isfinite(logits.grad).all()  # a masked herb's −∞ must not turn the gradient into NaN
 
 
 def test_clipping_stops_the_gradient_once_the_ratio_leaves_the_trust_region():
     cfg = GrpoConfig(clip=0.2, kl=0.0)
     logp = torch.tensor([[0.5]], requires_grad=True)  # ratio e^0.5 > 1.2 with a positive advantage
-    loss, _ = grpo_loss(logp, torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), cfg)
+    loss = grpo_loss(logp, torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), cfg)
     loss.backward()
     assert logp.grad.item() == 0.0
 
@@ -100,7 +171,7 @@ def test_two_process_grpo_on_gloo_writes_model_log_and_curves(micro_run, tmp_pat
     out = micro_run / "grpo-a0.5"
     log = json.loads((out / "log.json").read_text())
     assert log["processes"] == 2 and log["settings"]["alpha"] == 0.5 and len(log["updates"]) == 3
-    assert all({"reward", "phi", "kl", "invalid_rate", "incompat_rate"} <= u.keys() for u in log["updates"])
+    assert all(set(CURVES) <= u.keys() for u in log["updates"])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the stopping GRPO trained is decoded with the start's threshold (grpo.retune_stop: false)
     assert saved_stop_threshold(out / "best") == 0.37
@@ -108,7 +179,29 @@ def test_two_process_grpo_on_gloo_writes_model_log_and_curves(micro_run, tmp_pat
                              "validation", "--limit", "8", "--json"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["n"] for r in json.loads(result.stdout)] == [8, 8]  # raw and clean herb lists
+    rows = [r for r in json.loads(result.stdout) if not r["model"].startswith("Δ")]  # Δ: against each baseline
+    assert [r["n"] for r in rows] == [8, 8]  # raw and clean herb lists
+
+
+def test_an_interrupted_grpo_resumes_from_its_checkpoint_to_the_same_model(micro_run, tmp_path):
+    config = tmp_path / "micro-checkpoints.yaml"
+    config.write_text((ROOT / "configs" / "micro.yaml").read_text(encoding="utf-8").replace(
+        "  updates: 3\n", "  updates: 3\n  checkpoint_every: 2\n"), encoding="utf-8")
+    args = [sys.executable, "-m", "pipeline", "grpo", "--config", str(config), "--out", str(micro_run), "--model",
+            str(micro_run / "sft" / "best"), "--alpha", "0.25"]
+    whole = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = micro_run / "grpo-a0.25"
+    log = json.loads((out / "log.json").read_text())["updates"]
+    weights = file_sha256(out / "best" / "model.safetensors")
+    assert (out / "checkpoint.pt").exists()  # written after update 2 of 3: as if the run had been killed in update 3
+    resumed = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = json.loads((out / "log.json").read_text())["updates"]
+    assert again[:2] == log[:2]  # taken from the checkpoint, not redone
+    assert {k: v for k, v in again[2].items() if k != "elapsed_s"} == {k: v for k, v in log[2].items()
+                                                                       if k != "elapsed_s"}
+    assert file_sha256(out / "best" / "model.safetensors") == weights  # the same model as the uninterrupted run
 
 
 def test_tradeoff_scores_the_start_and_each_alpha_and_plots_them(micro_run):
@@ -131,7 +224,7 @@ def test_tradeoff_scores_the_start_and_each_alpha_and_plots_them(micro_run):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     card = (export / "card.md").read_text(encoding="utf-8")
-    assert "step-wise GRPO (α" in card and "DPO" not in card and "| GRPO α=0.5 | 8 |" in card
+    assert "step-wise GRPO on the stepper's decisions (α" in card and "DPO" not in card and "| GRPO α=0.5 | 8 |" in card
     assert (export / "tradeoff.png").read_bytes() == (micro_run / "tradeoff.png").read_bytes()
     shown = model_card(export / "model-q4_k_m.gguf")  # what the app's model tab shows: the plot inlined
     assert "](tradeoff.png)" in card and "](data:image/png;base64," in shown

@@ -109,8 +109,11 @@ def test_prefs_then_dpo_and_kto_on_the_micro_run(micro_run, micro_small, feedbac
     result = cli("-m", "pipeline", "evaluate", "--model", str(sft), str(best), "--split", "validation", "--limit",
                  "20", "--json", "--out", str(micro_run / "dpo" / "against-sft.json"))
     assert result.returncode == 0, result.stderr[-3000:]
-    before, after, delta, *clean = json.loads(result.stdout)  # raw herb lists first, then the same on clean ones
-    assert [r["lists"] for r in clean] == ["clean"] * 3
+    rows = json.loads(result.stdout)  # raw herb lists first, then the same on clean ones
+    before, after, delta = rows[:3]  # the models, then the second's difference from the first
+    assert [r["lists"] for r in rows if r["model"] in (str(sft), str(best))] == ["raw", "raw", "clean", "clean"]
+    against = [r for r in rows if r["model"].startswith(f"Δ {sft} − ")]  # the first model against each baseline
+    assert len(against) == 2 * 3 and all("F1@10 CI" in r for r in against)
     # the tiny micro model's own format validity is not asserted: after the new teacher's targets its DPO model wrote
     # no well-formed response on these 20 cases (the default model's is measured at the retrain)
     assert (before["model"], after["model"]) == (str(sft), str(best)) and 0 <= after["format_validity"] <= 1
