@@ -123,10 +123,10 @@ def pool_names(herb_logits: np.ndarray) -> np.ndarray:
     return pooled
 
 
-def screen_costs(herbs: Sequence[int], current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
-    """The decoding screen: the logit cost of adding each candidate herb (vocabulary order), the safety cost it would
+def screen_costs(current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
+    """The decoding screen: the logit cost of adding each vocabulary herb (vocabulary order), the safety cost it would
     bring (rxapp.safety.safety_cost) × the screen weight, ∞ for a forbidden one."""
-    cost = np.zeros(len(herbs))
+    cost = np.zeros(len(vocab().herbs))
     index = vocab().herb_id
     for herb, warnings in rules().addition_risks(current, patient).items():
         if cfg.forbid_severe and any(w.severity == "severe" for w in warnings):
@@ -139,7 +139,7 @@ def screen_costs(herbs: Sequence[int], current: list[str], patient: Patient, cfg
 def addition_costs(current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
     """What adding each vocabulary herb to `current` costs its pooled logit: the decoding screen, and ∞ for a drug
     the list already holds under any of its names (each drug once, under one name)."""
-    cost = screen_costs(vocab().herbs, current, patient, cfg)
+    cost = screen_costs(current, patient, cfg)
     cost[[vocab().herb_id[h] for h in [*current, *vocab().second_names(current)]]] = math.inf
     return cost
 

@@ -26,6 +26,7 @@ default (grpo.screen_weight 0): a screened rollout never meets a pair, so the mo
 The stepper cannot remove a herb yet, so neither can the policy: from a corrupted list it learns what to add and
 when to stop. Under torchrun each process draws its own states and the gradients are averaged before each step.
 """
+
 from __future__ import annotations
 
 import copy
@@ -174,12 +175,14 @@ def grpo_update(policy: StepPolicy, reference, optimizer, states: list[State], s
     model = policy.model
     model.eval()  # and it stays so: with dropout the ratio and the KL would measure dropout noise, not the update
     rollouts = sample_rollouts(policy, states, cfg.group, stats, rng)
+    rewards = [action_rewards(states[i // cfg.group], r, cfg.alpha) for i, r in enumerate(rollouts)]
     groups = []
-    for s, state in enumerate(states):
-        group = [r for r in rollouts[s * cfg.group : (s + 1) * cfg.group] if r.decisions]
-        if not group:
+    for s in range(len(states)):
+        kept = [i for i in range(s * cfg.group, (s + 1) * cfg.group) if rollouts[i].decisions]
+        if not kept:
             continue
-        advantages = action_advantages([action_rewards(state, r, cfg.alpha) for r in group], cfg.step_weight)
+        group = [rollouts[i] for i in kept]
+        advantages = action_advantages([rewards[i] for i in kept], cfg.step_weight)
         with torch.no_grad():
             old, _, _ = policy.log_probs(model, group)
             ref = policy.log_probs(reference, group) if reference is not None else reference_log_probs(policy, group)
@@ -201,10 +204,9 @@ def grpo_update(policy: StepPolicy, reference, optimizer, states: list[State], s
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    finals = [(states[i // cfg.group], r) for i, r in enumerate(rollouts)]
-    return {"reward": float(np.mean([potential(r.herbs, s, cfg.alpha) - potential(s.start, s, cfg.alpha)
-                                     for s, r in finals])),
-            "phi": float(np.mean([potential(r.herbs, s, cfg.alpha) for s, r in finals])),
+    start = [potential(s.start, s, cfg.alpha) for s in states]  # Φ(L_0); Φ(L_T) = Φ(L_0) + Σ_t r_t
+    return {"reward": float(np.mean([sum(rw) for rw in rewards])),
+            "phi": float(np.mean([start[i // cfg.group] + sum(rw) for i, rw in enumerate(rewards)])),
             "kl": kl_sum / max(len(groups), 1),  # at the last iteration
             "herbs": float(np.mean([len(r.herbs) for r in rollouts])),
             "stop_rate": float(np.mean([r.stopped for r in rollouts])),

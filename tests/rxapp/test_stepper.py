@@ -59,17 +59,16 @@ def test_greedy_is_deterministic_and_sampling_follows_the_seed(llama):
 
 
 def test_screen_costs_forbids_severe_and_charges_its_weight_per_rule():
-    herbs = list(range(len(vocab().herbs)))
     index = vocab().herb_id
-    cost = screen_costs(herbs, ["甘草"], Patient(), StepperConfig(screen_weight=3.0))
+    cost = screen_costs(["甘草"], Patient(), StepperConfig(screen_weight=3.0))
     assert math.isinf(cost[index["甘遂"]]) and math.isinf(cost[index["海藻"]])  # 十八反, severe
     assert cost[index["当归"]] == 0.0
-    cost = screen_costs(herbs, ["人参"], Patient(), StepperConfig(screen_weight=3.0))
+    cost = screen_costs(["人参"], Patient(), StepperConfig(screen_weight=3.0))
     assert cost[index["五灵脂"]] == 3.0  # 十九畏, a warning
-    lenient = screen_costs(herbs, ["甘草"], Patient(), StepperConfig(screen_weight=3.0, forbid_severe=False))
+    lenient = screen_costs(["甘草"], Patient(), StepperConfig(screen_weight=3.0, forbid_severe=False))
     assert lenient[index["甘遂"]] == 6.0
-    assert math.isinf(screen_costs(herbs, [], Patient(pregnant=True), StepperConfig())[index["麝香"]])
-    assert screen_costs(herbs, [], Patient(pregnant=False), StepperConfig())[index["麝香"]] == 0.0
+    assert math.isinf(screen_costs([], Patient(pregnant=True), StepperConfig())[index["麝香"]])
+    assert screen_costs([], Patient(pregnant=False), StepperConfig())[index["麝香"]] == 0.0
 
 
 def test_greedy_stop_is_the_quantile_of_the_models_length_distribution():
