@@ -12,6 +12,7 @@ from typing import Union, get_args, get_origin, get_type_hints
 import yaml
 
 from pipeline.runfolder import TRAINED_STAGES
+from rxapp.safety import check_safety_weight
 
 # The herb lists a split can be read with (pipeline.data.records.load_split). raw: as published, for comparison with
 # published results; clean: rxapp.vocab.Vocab.clean_herbs applied (no artefact token beside its longer name, one
@@ -128,6 +129,10 @@ class GrpoConfig:
     retune_stop: bool = False
     checkpoint_every: int = 10  # updates between checkpoints, which `--resume` continues from after an interruption
 
+    def __post_init__(self) -> None:
+        check_safety_weight(self.alpha, "alpha")
+        check_safety_weight(self.screen_weight, "screen_weight")
+
 
 @dataclass
 class EvaluateConfig:
@@ -138,6 +143,11 @@ class EvaluateConfig:
     limit: int | None = None  # the first N records only (micro config)
     screen_weight: float = 0.0  # the stepper's safety screen while scoring (0: what training alone achieves)
     tradeoff_alphas: list[float] = field(default_factory=list)  # GRPO α sweep for the model card (empty: none)
+
+    def __post_init__(self) -> None:
+        check_safety_weight(self.screen_weight, "screen_weight")
+        for alpha in self.tradeoff_alphas:
+            check_safety_weight(alpha, "each of tradeoff_alphas")
 
 
 @dataclass
@@ -199,7 +209,10 @@ def _build(cls: type, data: dict, where: str):
             values[name] = value
         else:
             raise ValueError(f"{where}:{name}: expected {_describe(kind)}, got {value!r}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:  # a value of the right type that the setting refuses
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _fits(value, kind) -> bool:

@@ -29,6 +29,7 @@ from pipeline.metrics import (
 from rxapp.backends import Backend
 from rxapp.modelinfo import saved_stop_threshold
 from rxapp.ranking import rank_herbs
+from rxapp.safety import Patient
 from rxapp.stepformat import Response, explanation_claims, parse_response
 from rxapp.vocab import vocab
 
@@ -209,7 +210,7 @@ def stepper_predictor(model: Backend, name: str, screen_weight: float = 0.0) -> 
     def predict(records: Sequence[Record]) -> list[Prediction]:
         out = []
         for r in tqdm(records, desc=f"stepper {name}", unit="case", disable=None):
-            final = next(e for e in recommend(model, r.symptoms, False, cfg) if isinstance(e, Recommendation))
+            final = next(e for e in recommend(model, r.symptoms, Patient(), cfg) if isinstance(e, Recommendation))
             out.append(Prediction(final.ranking, final.herbs, parse_response(final.text)))
         return out
 

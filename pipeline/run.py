@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -214,9 +214,9 @@ class Option:
     def apply(self, run: Run, value) -> None:
         if value is None or value is False:
             return
-        if "." in self.dest:
+        if "." in self.dest:  # replace() checks the value as loading the config would (a negative α is refused)
             section, name = self.dest.split(".")
-            setattr(getattr(run.cfg, section), name, value)
+            setattr(run.cfg, section, replace(getattr(run.cfg, section), **{name: value}))
         else:
             setattr(run, self.dest, value)
 

@@ -10,13 +10,21 @@ from pathlib import Path
 
 from rxapp import DEFAULT_MODEL
 from rxapp.backends import QUANTIZATIONS
+from rxapp.drugs import MedicationInputError
 from rxapp.modelinfo import ModelMismatchError
-from rxapp.safety import DoseError, Patient, parse_doses, rules
+from rxapp.safety import DoseError, Patient, check_safety_weight, parse_doses, rules
 from rxapp.stepper import StepperConfig
 from rxapp.vocab import HerbInputError, SymptomInputError, split_herb_list, vocab
 
 
-def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg) -> dict:
+def drugs_json(patient: Patient) -> dict:
+    """The patient's medications as read: those checked, and those not recognised (with suggestions)."""
+    return {"drugs": [{"name": d.name, "name_zh": d.name_zh, "atc": list(d.atc)} for d in patient.drugs],
+            "unchecked_drugs": [{"text": text, "suggestions": list(hint)} for text, hint in patient.unchecked_drugs]}
+
+
+def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg, medications: str | list[str] = ""
+                        ) -> dict:
     """One case, run through the stepper, as the JSON the CLI prints."""
     from rxapp.stepper import Recommendation, recommend
 
@@ -25,10 +33,11 @@ def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg) -> dic
         raise SymptomInputError("none of the input was recognised as a symptom of the vocabulary"
                                 + (f" (unrecognised: {'、'.join(parsed.unrecognised[:5])})" if parsed.unrecognised
                                    else ""))
-    final = next(e for e in recommend(backend, parsed.symptoms, pregnant, cfg) if isinstance(e, Recommendation))
+    patient = Patient.from_input(pregnant, medications)
+    final = next(e for e in recommend(backend, parsed.symptoms, patient, cfg) if isinstance(e, Recommendation))
     return {
         "id": case_id, "symptoms": final.symptoms, "unrecognised": parsed.unrecognised, "pregnant": pregnant,
-        "analysis": final.analysis,
+        **drugs_json(patient), "analysis": final.analysis,
         "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "name": s.name, "explanation": s.explanation,
                    "facts": s.facts.summary() if s.facts else None, "probability": round(s.probability, 4),
                    "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
@@ -47,7 +56,7 @@ def run_recommend(args: argparse.Namespace) -> int:
                       quantization=args.quantization) as backend:
         warm_up()
         if args.batch is None:
-            out = recommendation_json(None, args.symptoms, args.pregnant, backend, cfg)
+            out = recommendation_json(None, args.symptoms, args.pregnant, backend, cfg, args.drugs)
             if args.json:
                 print(json.dumps(out, ensure_ascii=False, indent=2))
             else:
@@ -65,9 +74,13 @@ def run_batch(batch: Path, backend, cfg: StepperConfig) -> int:
         case = None
         try:
             case = json.loads(line)
+            drugs = case.get("drugs", [])
+            if not isinstance(drugs, (str, list)) or not all(isinstance(d, str) for d in drugs):
+                raise TypeError('"drugs" must be a list of medication names')
             out = recommendation_json(case.get("id", number), str(case["symptoms"]), bool(case.get("pregnant")),
-                                      backend, cfg)
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, SymptomInputError) as e:
+                                      backend, cfg, drugs)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, SymptomInputError,
+                MedicationInputError) as e:
             failed += 1  # one bad line is reported in its place; the batch goes on
             out = {"id": case.get("id", number) if isinstance(case, dict) else number, "line": number,
                    "error": f"{type(e).__name__}: {e}"}
@@ -77,6 +90,7 @@ def run_batch(batch: Path, backend, cfg: StepperConfig) -> int:
 
 def print_recommendation(out: dict) -> None:
     print("症状: " + "、".join(out["symptoms"]) + ("  (孕妇)" if out["pregnant"] else ""))
+    print_drugs(out)
     print(out["analysis"])
     for step in out["steps"]:
         print(f"{step['index']}. 加 {step['name']}：{step['explanation']}")
@@ -89,15 +103,24 @@ def print_recommendation(out: dict) -> None:
     print("本工具仅供执业中医师参考，不能替代临床判断。")
 
 
+def print_drugs(out: dict) -> None:
+    if out["drugs"] or out["unchecked_drugs"]:
+        print("西药: " + ("、".join(f"{d['name_zh'] or d['name']}（{d['name']}）" if d["name_zh"] else d["name"]
+                                   for d in out["drugs"]) or "（无可核查者）")
+              + "".join(f"  未核查: {u['text']}" for u in out["unchecked_drugs"]))
+
+
 def run_check(args: argparse.Namespace) -> int:
     herbs = split_herb_list(args.herbs)
     doses = parse_doses(args.doses, herbs)
     engine = rules()
-    warnings = engine.check_prescription(herbs, Patient(pregnant=args.pregnant), doses)
+    patient = Patient.from_input(args.pregnant, args.drugs)
+    warnings = engine.check_prescription(herbs, patient, doses)
     resolved = [vocab().resolve_herb(h) for h in herbs]
     report = {
         "herbs": [{"name": r.text, "vocabulary_herb": r.herb, "via": r.via, "family": r.family} for r in resolved],
         "pregnant": args.pregnant,
+        **drugs_json(patient),
         "doses": doses,
         "unknown_herbs": [h for h in herbs if not engine.is_known(h)],
         "warnings": [w.to_dict() for w in warnings],
@@ -106,8 +129,9 @@ def run_check(args: argparse.Namespace) -> int:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:
         print("处方: " + " ".join(herbs) + ("  (孕妇)" if args.pregnant else ""))
+        print_drugs(report)
         if not warnings:
-            print("未发现配伍、妊娠、毒性或剂量问题。")
+            print("未发现配伍、妊娠、毒性、剂量或与所列西药的相互作用问题。")
         for w in warnings:
             sources = "; ".join(s.url or s.title for s in w.sources)
             print(f"[{w.severity}] {w.message}" + (f"  来源: {sources}" if sources else ""))
@@ -129,6 +153,18 @@ def run_parse(args: argparse.Namespace) -> int:
     return 0
 
 
+def safety_weight(text: str) -> float:
+    """A safety weight from the command line: a finite number ≥ 0 (a negative one would reward unsafe herbs)."""
+    try:
+        weight = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    try:
+        return check_safety_weight(weight, "the safety weight")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rxapp", description="rx: TCM prescription decision support "
                                      "for qualified practitioners (not a diagnosis).")
@@ -136,11 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recommend", help="build a prescription step by step from symptoms")
     what = rec.add_mutually_exclusive_group(required=True)
     what.add_argument("--symptoms", help="free Chinese text, e.g. '咳嗽 恶寒'")
-    what.add_argument("--batch", type=Path, help='JSONL, one {"id", "symptoms", "pregnant"} per line; one JSON '
-                      "line out per line in, in order")
+    what.add_argument("--batch", type=Path, help='JSONL, one {"id", "symptoms", "pregnant", "drugs"} per line; '
+                      "one JSON line out per line in, in order")
     rec.add_argument("--pregnant", action="store_true", help="apply the pregnancy rules")
-    rec.add_argument("--screen-weight", type=float, default=StepperConfig.screen_weight,
-                     help="logit cost per broken safety rule (default %(default)g)")
+    rec.add_argument("--drugs", nargs="+", default=[], metavar="DRUG",
+                     help="the Western drugs the patient takes (English or Chinese generic name, class, or ATC "
+                     "code), e.g. warfarin 地高辛")
+    rec.add_argument("--screen-weight", type=safety_weight, default=StepperConfig.screen_weight,
+                     help="logit cost per broken safety rule, the app's safety weight α (default %(default)g; "
+                     "a finite number ≥ 0)")
     rec.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     rec.add_argument("--top-p", type=float, default=1.0)
     rec.add_argument("--seed", type=int, default=0)
@@ -152,9 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--n-gpu-layers", type=int, default=0, help="llama.cpp layers on the GPU (-1: all)")
     rec.add_argument("--json", action="store_true", help="print JSON")
     rec.set_defaults(run=run_recommend)
-    check = sub.add_parser("check", help="safety-check a prescription (十八反, 十九畏, pregnancy, toxicity, dose)")
+    check = sub.add_parser("check", help="safety-check a prescription (十八反, 十九畏, pregnancy, toxicity, dose, "
+                           "interactions with the patient's drugs)")
     check.add_argument("--herbs", nargs="+", required=True, metavar="HERB", help="herb names, e.g. 附子 半夏")
     check.add_argument("--pregnant", action="store_true", help="apply the pregnancy rules")
+    check.add_argument("--drugs", nargs="+", default=[], metavar="DRUG",
+                       help="the Western drugs the patient takes, e.g. 华法林 digoxin C03CA01")
     check.add_argument("--doses", nargs="+", default=[], metavar="HERB=GRAMS", help="daily doses, e.g. 附子=30")
     check.add_argument("--json", action="store_true", help="print JSON with a `warnings` list")
     check.set_defaults(run=run_check)
@@ -169,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (SymptomInputError, HerbInputError, DoseError, ModelMismatchError, OSError, RuntimeError) as e:
+    except (SymptomInputError, HerbInputError, DoseError, MedicationInputError, ModelMismatchError, OSError,
+            RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the user gets one readable line, never a traceback

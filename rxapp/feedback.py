@@ -22,9 +22,9 @@ import sqlite_utils
 
 VERDICTS = ("accept", "reject")
 # Columns of the exported preference records; free-text patient notes stay in the database (privacy).
-EXPORT_FIELDS = ("feedback_id", "session_id", "saved_at", "symptoms", "pregnant", "age_group", "sex", "model_sha256",
-                 "settings", "response", "model_herbs", "accepted", "rejected", "final_herbs", "doses", "rating",
-                 "comment")
+EXPORT_FIELDS = ("feedback_id", "session_id", "saved_at", "symptoms", "pregnant", "drugs", "unchecked_drugs",
+                 "age_group", "sex", "model_sha256", "settings", "response", "model_herbs", "accepted", "rejected",
+                 "final_herbs", "doses", "rating", "comment")
 
 
 class StoreError(RuntimeError):
@@ -52,6 +52,8 @@ class SessionRecord:
     steps: list[dict]  # index, herb, explanation, probability, warnings (dicts)
     warnings: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
+    drugs: list[str] = field(default_factory=list)  # the patient's Western drugs as recognised (generic names)
+    unchecked_drugs: list[str] = field(default_factory=list)  # what was typed as a drug and not recognised
 
 
 def _now() -> str:
@@ -72,7 +74,13 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["feedback"].create_index(["session_id"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]  # MIGRATIONS[i] takes version i to i + 1
+def _v2(db: sqlite_utils.Database) -> None:
+    """The patient's Western drugs, kept with each session; sessions saved before have none on record."""
+    db["sessions"].add_column("drugs", str, not_null_default="[]")
+    db["sessions"].add_column("unchecked_drugs", str, not_null_default="[]")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]  # MIGRATIONS[i] takes version i to i + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -179,8 +187,9 @@ class FeedbackStore:
         symptoms, herbs and comments; `min_rating` drops lower or unrated rows."""
         db = self._connect()
         try:
-            query = ("SELECT f.*, s.symptoms, s.pregnant, s.age_group, s.sex, s.model_sha256, s.settings, s.response,"
-                     " s.herbs FROM feedback f JOIN sessions s ON s.id = f.session_id ORDER BY f.id DESC")
+            query = ("SELECT f.*, s.symptoms, s.pregnant, s.drugs, s.unchecked_drugs, s.age_group, s.sex, "
+                     "s.model_sha256, s.settings, s.response, s.herbs FROM feedback f JOIN sessions s "
+                     "ON s.id = f.session_id ORDER BY f.id DESC")
             for row in db.query(query):
                 record = _preference_record(_decode(row))
                 if min_rating is not None and (record["rating"] or 0) < min_rating:
@@ -203,7 +212,8 @@ def _reason(error: sqlite3.Error) -> str:
     return text
 
 
-JSON_COLUMNS = {"symptoms", "unrecognised", "settings", "herbs", "warnings", "verdicts", "prescription"}
+JSON_COLUMNS = {"symptoms", "unrecognised", "settings", "herbs", "warnings", "verdicts", "prescription", "drugs",
+                "unchecked_drugs"}
 
 
 def _encode(row: dict) -> dict:
@@ -219,7 +229,8 @@ def _preference_record(row: dict) -> dict:
     verdict = {int(i): v for i, v in row["verdicts"].items()}
     return {
         "feedback_id": row["id"], "session_id": row["session_id"], "saved_at": row["saved_at"],
-        "symptoms": row["symptoms"], "pregnant": bool(row["pregnant"]), "age_group": row["age_group"],
+        "symptoms": row["symptoms"], "pregnant": bool(row["pregnant"]), "drugs": row["drugs"],
+        "unchecked_drugs": row["unchecked_drugs"], "age_group": row["age_group"],
         "sex": row["sex"], "model_sha256": row["model_sha256"], "settings": row["settings"],
         "response": row["response"], "model_herbs": steps,
         "accepted": [h for i, h in enumerate(steps, 1) if verdict.get(i) == "accept"],

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from rxapp.drugs import MedicationInputError
 from rxapp.engine import Engine, LoadedModel, model_card
 from rxapp.feedback import FeedbackStore, SessionRecord, StoreError, export_records
 from rxapp.safety import DoseError, Patient, parse_doses, parse_prescription, rules
@@ -40,33 +41,35 @@ def warning_items(warnings: list) -> str:
 
 
 def warning_html(warnings: list) -> str:
-    return warning_items(warnings) or "<p>未发现配伍、妊娠、毒性或剂量问题。</p>"
+    return warning_items(warnings) or "<p>未发现配伍、妊娠、毒性、剂量或与所列西药的相互作用问题。</p>"
 
 
 def message(text: str) -> str:
     return f'<p class="rx-message">{e(text)}</p>'
 
 
-def check_prescription(herbs_text: str, pregnant: bool, doses_text: str) -> str:
-    """Safety check of a typed prescription; doses as `附子=9, 半夏=6`."""
+def check_prescription(herbs_text: str, pregnant: bool, doses_text: str, drugs: list[str] | None = None) -> str:
+    """Safety check of a typed prescription for a patient who may take Western `drugs`; doses as `附子=9, 半夏=6`."""
     try:
         herbs = split_herb_list(herbs_text or "")
         doses = parse_doses([d for d in SEPARATORS.split(clean_text(doses_text or "")) if d], herbs)
-    except (HerbInputError, DoseError) as err:
+        patient = Patient.from_input(bool(pregnant), drugs or [])
+    except (HerbInputError, DoseError, MedicationInputError) as err:
         return message(str(err))
-    return warning_html(rules().check_prescription(herbs, Patient(pregnant=bool(pregnant)), doses))
+    return warning_html(rules().check_prescription(herbs, patient, doses))
 
 
-def recheck(prescription_text: str, pregnant: bool) -> str:
-    """The edited prescription (`麻黄 9g、桂枝 6g`) checked again, dose limits included."""
+def recheck(prescription_text: str, pregnant: bool, drugs: list[str] | None = None) -> str:
+    """The edited prescription (`麻黄 9g、桂枝 6g`) checked again, dose limits and the patient's drugs included."""
     try:
         items = parse_prescription(prescription_text or "")
-    except (HerbInputError, DoseError) as err:
+        patient = Patient.from_input(bool(pregnant), drugs or [])
+    except (HerbInputError, DoseError, MedicationInputError) as err:
         return message(str(err))
     if not items:
         return message("处方为空 The prescription is empty.")
     doses = {h: d for h, d in items if d is not None}
-    return warning_html(rules().check_prescription([h for h, _ in items], Patient(pregnant=bool(pregnant)), doses))
+    return warning_html(rules().check_prescription([h for h, _ in items], patient, doses))
 
 
 def parse_symptoms(text: str, picked: list[str] | None = None) -> str:
@@ -90,8 +93,17 @@ def step_card(step: Step) -> str:
             f"{warning_items(step.warnings)}</div>")
 
 
-def recommendation_html(analysis: str, cards: list[str], final: Recommendation | None, note: str = "") -> str:
-    parts = [f"<h3>症状分析</h3><p>{e(analysis)}</p><h3>处方 · 逐步</h3>", *cards]
+def drugs_line(patient: Patient) -> str:
+    """The patient's Western drugs as the screen read them (those not recognised are in the whole check)."""
+    if not patient.drugs:
+        return ""
+    return f"<p class='rx-drugs'><b>所服西药（已纳入安全筛查）：</b>{e('、'.join(d.label for d in patient.drugs))}</p>"
+
+
+def recommendation_html(analysis: str, cards: list[str], final: Recommendation | None, note: str = "",
+                        patient: Patient | None = None) -> str:
+    patient = final.patient if final else patient or Patient()
+    parts = [f"<h3>症状分析</h3><p>{e(analysis)}</p>{drugs_line(patient)}<h3>处方 · 逐步</h3>", *cards]
     if final is None:
         parts.append("<p><i>生成中…</i></p>")
     else:
@@ -112,7 +124,8 @@ def session_record(final: Recommendation, text: str, unrecognised: list[str], pr
         model.kind, cfg.__dict__, final.analysis, final.text, final.summary,
         [{"index": s.index, "herb": s.herb, "explanation": s.explanation, "probability": s.probability,
           "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
-        [w.to_dict() for w in final.warnings], final.steps[-1].elapsed_s if final.steps else 0.0)
+        [w.to_dict() for w in final.warnings], final.steps[-1].elapsed_s if final.steps else 0.0,
+        [d.name for d in final.patient.drugs], [text for text, _ in final.patient.unchecked_drugs])
 
 
 @dataclass(frozen=True)
@@ -136,12 +149,13 @@ def stepper_config(screen_weight, max_herbs, decoding, temperature, seed) -> Ste
 
 
 def recommend(engine: Engine, store: FeedbackStore, text, picked, pregnant, age_group, sex, notes, screen_weight,
-              max_herbs, decoding, temperature, seed) -> Iterator[PageUpdate]:
+              max_herbs, decoding, temperature, seed, drugs=None) -> Iterator[PageUpdate]:
     """The Recommend button: the page after each step, then the finished prescription saved as a session, with the
     review form filled in for it. Input that names no known symptom, or no loaded model, gives one message."""
     try:
         parsed = vocab().parse_symptoms([text or "", *(picked or [])])
-    except SymptomInputError as err:
+        patient = Patient.from_input(bool(pregnant), drugs or [])
+    except (SymptomInputError, MedicationInputError) as err:
         yield PageUpdate(message(str(err)))
         return
     if not parsed.symptoms:
@@ -154,32 +168,32 @@ def recommend(engine: Engine, store: FeedbackStore, text, picked, pregnant, age_
             yield PageUpdate(message(engine.status() + "（安全核查与药物知识仍可使用）"))
             return
         model = engine.model
-        final, cards = yield from stream_steps(model, parsed.symptoms, bool(pregnant), cfg)
+        final, cards = yield from stream_steps(model, parsed.symptoms, patient, cfg)
     if final is not None:
         record = session_record(final, text or "", parsed.unrecognised, bool(pregnant), age_group, sex, notes or "",
                                 model, cfg)
-        yield saved_update(store, record, final, cards, pregnant)
+        yield saved_update(store, record, final, cards, drugs or [])
 
 
-def stream_steps(model: LoadedModel, symptoms: list[str], pregnant: bool,
+def stream_steps(model: LoadedModel, symptoms: list[str], patient: Patient,
                  cfg: StepperConfig) -> Generator[PageUpdate, None, tuple[Recommendation | None, list[str]]]:
     """The page after each step; returns the finished recommendation (None if the model failed) and its cards."""
     analysis, cards, final = render_analysis(symptoms), [], None
     try:
-        for event in recommend_steps(model.backend, symptoms, pregnant, cfg):
+        for event in recommend_steps(model.backend, symptoms, patient, cfg):
             if isinstance(event, Step):
                 cards.append(step_card(event))
-                yield PageUpdate(recommendation_html(analysis, cards, None))
+                yield PageUpdate(recommendation_html(analysis, cards, None, patient=patient))
             else:
                 final = event
     except (RuntimeError, ValueError) as err:
-        yield PageUpdate(recommendation_html(analysis, cards, None, f"生成失败 Failed: {err}"))
+        yield PageUpdate(recommendation_html(analysis, cards, None, f"生成失败 Failed: {err}", patient))
         return None, cards
     return final, cards
 
 
 def saved_update(store: FeedbackStore, record: SessionRecord, final: Recommendation, cards: list[str],
-                 pregnant: bool) -> PageUpdate:
+                 drugs: list[str]) -> PageUpdate:
     """The finished page: the session stored (or why not), its steps offered for review, its prescription checked."""
     try:
         session_id, note = store.save_session(record), ""
@@ -187,7 +201,8 @@ def saved_update(store: FeedbackStore, record: SessionRecord, final: Recommendat
         session_id, note = "", f"会话未保存 Session not saved: {err}"
     prescription = "、".join(final.herbs)
     return PageUpdate(recommendation_html(final.analysis, cards, final, note), session_id,
-                      [f"{s.index} {s.herb}" for s in final.steps], prescription, recheck(prescription, pregnant), "")
+                      [f"{s.index} {s.herb}" for s in final.steps], prescription,
+                      recheck(prescription, final.patient.pregnant, drugs), "")
 
 
 def save_feedback(store: FeedbackStore, session_id, accepted, rejected, prescription_text, pregnant, rating,
@@ -205,7 +220,12 @@ def save_feedback(store: FeedbackStore, session_id, accepted, rejected, prescrip
     verdicts = {int(label.split()[0]): "accept" for label in accepted or []}
     verdicts |= {int(label.split()[0]): "reject" for label in rejected or []}
     herbs, doses = [h for h, _ in items], {h: d for h, d in items if d is not None}
-    warnings = rules().check_prescription(herbs, Patient(pregnant=bool(pregnant)), doses)
+    try:
+        session = store.session(session_id.strip())  # the drugs the recommendation was screened for
+    except StoreError as err:
+        return f"未保存 Not saved: {err}"
+    warnings = rules().check_prescription(herbs, Patient.from_input(
+        bool(pregnant), [*session["drugs"], *session["unchecked_drugs"]] if session else []), doses)
     try:
         feedback_id = store.save_feedback(session_id.strip(), verdicts, [{"herb": h, "dose_g": d} for h, d in items],
                                           [w.to_dict() for w in warnings], int(rating) if rating else None,

@@ -1,4 +1,5 @@
-"""Safety engine: 十八反/十九畏, pregnancy, toxicity, withdrawn herbs and dose limits, as sourced data rules.
+"""Safety engine: 十八反/十九畏, pregnancy, toxicity, withdrawn herbs, dose limits and interactions with the
+patient's Western drugs, as sourced data rules.
 
 Two checks share one code path: `check_addition` (one proposed herb against the current list and the patient) and
 `check_prescription` (a whole list, which is every herb added in turn). Both return structured warnings and never
@@ -17,14 +18,25 @@ from itertools import chain
 import yaml
 
 from rxapp import ASSETS
+from rxapp.drugs import INTERACTION_SEVERITY, Drug, Interaction, drug_vocab, interaction_herbs, rows_for
 from rxapp.vocab import MAX_HERB_NAME, MAX_INPUT_HERBS, HerbInputError, clean_text, vocab
 
 RULES_FILE = ASSETS / "safety" / "rules.yaml"
 SEVERITIES = ("severe", "warning", "info")  # most severe first
 SEVERITY_COST = {"severe": 2.0, "warning": 1.0, "info": 0.0}  # what one broken rule costs (`safety_cost`)
 INCOMPATIBILITY_RULES = ("十八反", "十九畏")
+INTERACTION_RULE = "药物相互作用"  # a herb with a Western drug the patient takes (rxapp.drugs)
+DOSE_GATED_HERB = "甘草"  # its interaction rows depend on daily dose and duration (the reference's licorice gating)
 HERB_RULE_KINDS = ("pregnancy", "toxicity", "regulated", "withdrawn")
 MAX_DOSE_G = 250.0  # no single herb is dosed above this per day; larger numbers are typing errors
+
+
+def check_safety_weight(weight: float, name: str) -> float:
+    """A safety weight (the stepper's screen weight, GRPO's α) as given, or ValueError: it must be a finite number
+    ≥ 0, since a negative one would turn every broken rule into a reward."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{name} must be a finite number ≥ 0, got {weight!r}")
+    return float(weight)
 
 
 class DoseError(ValueError):
@@ -41,11 +53,13 @@ class Source:
 @dataclass(frozen=True)
 class SafetyWarning:
     severity: str  # "severe", "warning" or "info"
-    rule: str  # 十八反, 十九畏, 妊娠禁用, 妊娠慎用, 大毒/有毒/小毒, 毒性药品管理, 马兜铃酸, 超量, 未识别
+    rule: str  # 十八反, 十九畏, 妊娠禁用, 妊娠慎用, 大毒/有毒/小毒, 毒性药品管理, 马兜铃酸, 超量, 药物相互作用, 未识别
     herbs: tuple[str, ...]
     message: str
     sources: tuple[Source, ...]
     verified: bool  # False where the rule's source is itself marked unverified
+    drug: str | None = None  # 药物相互作用: the patient's drug (its generic name, a class, or an ATC code)
+    interactions: tuple[dict, ...] = ()  # 药物相互作用: each table row behind the warning, as data
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +68,16 @@ class SafetyWarning:
 @dataclass(frozen=True)
 class Patient:
     pregnant: bool = False
+    drugs: tuple[Drug, ...] = ()  # the Western drugs the patient takes (rxapp.drugs.drug_vocab().parse)
+    unchecked_drugs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # typed, not recognised: (text, suggestions)
+
+    @classmethod
+    def from_input(cls, pregnant: bool = False, medications: str | Sequence[str] = "") -> Patient:
+        """A patient as the user described them: the medication list read against the drug vocabulary (an
+        unrecognised entry is kept, to be reported as not checked). MedicationInputError if it cannot be read."""
+        parsed = drug_vocab().parse(medications if isinstance(medications, str) else list(medications))
+        return cls(bool(pregnant), tuple(parsed.drugs),
+                   tuple((text, tuple(parsed.suggestions.get(text, ()))) for text in parsed.unrecognised))
 
 
 @dataclass(frozen=True)
@@ -147,7 +171,7 @@ class SafetyRules:
         self.dose_limits = data["dose_limits"]
         self.known_names = set(chain.from_iterable(r.herbs | r.families for r in self.herb_rules))
         self.known_names |= set(chain.from_iterable(a | b for a, b, _ in self.pairs))
-        self.known_names |= {d["herb"] for d in self.dose_limits}
+        self.known_names |= {d["herb"] for d in self.dose_limits} | interaction_herbs()
         unknown = ({p["severity"] for *_, p in self.pairs} | {r.severity for r in self.herb_rules}) - set(SEVERITIES)
         if unknown:
             raise ValueError(f"{RULES_FILE}: unknown severities {sorted(unknown)}")
@@ -170,7 +194,17 @@ class SafetyRules:
         warnings = self._herb_warnings(candidate, patient) + self.pair_warnings(current, candidate)
         if dose_g is not None:
             warnings += self._dose_warnings(candidate, dose_g)
-        return warnings
+        return warnings + self.interaction_warnings([candidate], patient, {candidate: dose_g} if dose_g else None)
+
+    def interaction_warnings(self, herbs: list[str], patient: Patient,
+                             doses: dict[str, float] | None = None) -> list[SafetyWarning]:
+        """One warning per (patient drug, concern) that `herbs` bring with the patient's drugs, naming every herb
+        that contributes (甘草 and 大黄 with furosemide: one 低血钾 warning)."""
+        grouped: dict[tuple[Drug, str], list[tuple[str, Interaction, str]]] = {}
+        for herb in herbs:
+            for row, drug, how in rows_for(herb, patient.drugs):
+                grouped.setdefault((drug, row.concern), []).append((herb, row, how))
+        return [_interaction_warning(drug, concern, found, doses or {}) for (drug, concern), found in grouped.items()]
 
     def pair_warnings(self, current: list[str], candidate: str) -> list[SafetyWarning]:
         """十八反/十九畏 (and informational) pairs between `candidate` and each herb of `current`."""
@@ -197,7 +231,16 @@ class SafetyRules:
         if patient.pregnant:
             for herb, warnings in self._pregnancy_risks().items():
                 risks.setdefault(herb, []).extend(warnings)
+        for herb, warnings in self._interaction_risks(patient.drugs).items():
+            risks.setdefault(herb, []).extend(warnings)
         return risks
+
+    @cache  # noqa: B019 (the stepper asks again at every step)
+    def _interaction_risks(self, drugs: tuple[Drug, ...]) -> dict[str, tuple[SafetyWarning, ...]]:
+        """Each vocabulary herb that interacts with one of `drugs`, and those warnings (minor ones left out)."""
+        found = {h: tuple(w for w in self.interaction_warnings([h], Patient(drugs=drugs)) if w.severity != "info")
+                 for h in vocab().herbs} if drugs else {}
+        return {herb: warnings for herb, warnings in found.items() if warnings}
 
     @cache  # noqa: B019 (one rule set per process)
     def _partners(self) -> dict[str, frozenset[str]]:
@@ -227,11 +270,15 @@ class SafetyRules:
 
     def check_prescription(self, herbs: list[str], patient: Patient = Patient(),
                            doses: dict[str, float] | None = None) -> list[SafetyWarning]:
-        """All warnings for a whole prescription, most severe first."""
+        """All warnings for a whole prescription, most severe first; one per (drug, concern) for interactions."""
         doses = doses or {}
         warnings = []
         for i, herb in enumerate(herbs):
-            warnings += self.check_addition(herbs[:i], herb, patient, doses.get(herb))
+            warnings += self.check_addition(herbs[:i], herb, Patient(patient.pregnant), doses.get(herb))
+        warnings += self.interaction_warnings(herbs, patient, doses)
+        warnings += [SafetyWarning("warning", "未识别", (), f"{text}：不是已知的西药名，未做相互作用核查" +
+                                   (f"（是否指：{'、'.join(hint)}）" if hint else "") + "。", (), True, text)
+                     for text, hint in patient.unchecked_drugs]
         return sorted(warnings, key=lambda w: SEVERITIES.index(w.severity))
 
     def _herb_warnings(self, herb: str, patient: Patient) -> list[SafetyWarning]:
@@ -273,6 +320,35 @@ class SafetyRules:
 
 def _unverified(verified: bool) -> str:
     return "" if verified else "〔来源未核实〕"
+
+
+INTERACTION_GRADE = {"major": "重大", "moderate": "中度", "minor": "轻度"}
+
+
+def _interaction_warning(drug: Drug, concern: str, found: list[tuple[str, Interaction, str]],
+                         doses: dict[str, float]) -> SafetyWarning:
+    """The warning for one (drug, concern): every herb behind it, each row's effect and what to do, the strongest
+    severity, and what the evidence is; a row that applies only if the patient's drug is of the row's class (the
+    patient named a wider class) says so."""
+    herbs = tuple(dict.fromkeys(herb for herb, _, _ in found))
+    rows = list(dict.fromkeys((row, how) for _, row, how in found))
+    severity = min((INTERACTION_SEVERITY[row.severity] for row, _ in rows), key=SEVERITIES.index)
+    parts = []
+    for row, how in rows:
+        names = "、".join(h for h, r, _ in found if r == row)
+        if_class = f"（若所用药物属于 {row.drug_class}）" if how == "possible" else ""
+        dose = next((doses[h] for h, r, _ in found if r == row and doses.get(h)), None)
+        gated = (f"本方 {row.herb} {dose:g} g/日；所引证据多为每日 ≥100 mg 甘草酸或长期服用，克数与甘草酸的换算因药材"
+                 "而异，未作换算，故不按剂量降级。") if dose and row.herb == DOSE_GATED_HERB else ""
+        parts.append(f"{names}{if_class}：{row.effect}〔{INTERACTION_GRADE[row.severity]}；{row.evidence_note}〕。"
+                     f"处理：{row.management}。{gated}" + _unverified(row.verified))
+    message = f"{'、'.join(herbs)} 与 {drug.label} 相互作用：{concern}。" + " ".join(parts)
+    sources = tuple(dict.fromkeys(Source(title[:60], title, url) for row, _ in rows for title, url in row.sources))
+    details = tuple({"herb": row.herb, "drug_class": row.drug_class, "applies": how, "effect": row.effect,
+                     "mechanism": row.mechanism, "management": row.management, "severity": row.severity,
+                     "evidence": list(row.evidence), "verified": row.verified} for row, how in rows)
+    return SafetyWarning(severity, INTERACTION_RULE, herbs, message, sources, all(r.verified for r, _ in rows),
+                         drug.name, details)
 
 
 def warnings_cost(warnings: Iterable[SafetyWarning]) -> float:

@@ -2,8 +2,9 @@
 
 The 症状分析 restates the recognised symptoms, so it is given. Then, for each step, the next herb is drawn from the
 vocabulary herbs not yet prescribed, after the safety engine has screened every candidate against the current list
-and the patient: each 十八反/十九畏 pair or pregnancy rule that an addition would break costs its logit the
-screen weight (twice when severe), and a severe one forbids it outright unless `forbid_severe` is off. One drug
+and the patient: each 十八反/十九畏 pair, pregnancy rule or interaction with the patient's Western drugs that an
+addition would break costs its logit the screen weight (twice when severe), and a severe one (a major interaction
+among them) forbids it outright unless `forbid_severe` is off. One drug
 has one name: the probabilities of a drug's other names (麦门冬, 杏) go to its one name (麦冬, 杏仁), and a herb
 that would name a drug of the list again (附子 beside 白附子) is never added. The model then writes the step's
 explanation (its 主治/用于 claims can only name this patient's symptoms) and decides whether to add another herb or
@@ -27,7 +28,7 @@ from rxapp.decoding import claim_targets, greedy_stop, stop_probability
 from rxapp.formulas import Resemblance, resembled
 from rxapp.knowledge import HerbFacts, knowledge
 from rxapp.ranking import rank_herbs
-from rxapp.safety import Patient, SafetyWarning, rules, warnings_cost
+from rxapp.safety import Patient, SafetyWarning, check_safety_weight, rules, warnings_cost
 from rxapp.stepformat import SUMMARY_HEADER, compose_summary, render_analysis, render_prompt, steps_prefix
 from rxapp.vocab import vocab
 
@@ -41,6 +42,9 @@ class StepperConfig:
     seed: int = 0
     max_herbs: int = 30
     max_explanation_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        check_safety_weight(self.screen_weight, "screen_weight")
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Step:
 @dataclass
 class Recommendation:
     symptoms: list[str]
-    pregnant: bool
+    patient: Patient  # pregnancy and the Western drugs the screen and the warnings took into account
     analysis: str
     steps: list[Step] = field(default_factory=list)
     summary: str = ""
@@ -166,19 +170,19 @@ def free_text(backend: Backend, ids: list[int], stop: set[int], limit: int, cfg:
     return out
 
 
-def recommend(backend: Backend, symptoms: Sequence[str], pregnant: bool = False,
+def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None = None,
               cfg: StepperConfig | None = None) -> Iterator[Step | Recommendation]:
-    """Yield each Step as it is made, then the whole Recommendation."""
-    cfg = cfg or StepperConfig()
+    """Yield each Step as it is made, then the whole Recommendation. The model reads the symptoms and pregnancy;
+    the patient's Western drugs act through the safety screen and the warnings."""
+    cfg, patient = cfg or StepperConfig(), patient or Patient()
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
     fmt = backend.format
-    patient = Patient(pregnant=pregnant)
     analysis = render_analysis(symptoms)
     head = steps_prefix(analysis)
-    ids = backend.prompt_ids(render_prompt(symptoms, pregnant)) + backend.tokenize(head)
+    ids = backend.prompt_ids(render_prompt(symptoms, patient.pregnant)) + backend.tokenize(head)
     start = len(ids)
-    result = Recommendation(list(symptoms), pregnant, analysis)
+    result = Recommendation(list(symptoms), patient, analysis)
     first_scores, stop_probabilities = None, []
     tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
     while True:  # ids end with a newline: another step, or stop

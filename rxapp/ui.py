@@ -11,6 +11,7 @@ import gradio as gr
 
 from rxapp import page
 from rxapp.backends import QUANTIZATIONS
+from rxapp.drugs import drug_vocab, interactions
 from rxapp.engine import BACKENDS, DEVICES, Engine, model_card
 from rxapp.feedback import FeedbackStore
 from rxapp.page import DECODING, FEEDBACK_COLUMNS, check_prescription, parse_symptoms, recheck
@@ -54,6 +55,14 @@ def streamed(recommend: Callable) -> Callable:
     return run
 
 
+def medications_field(elem_id: str) -> gr.Dropdown:
+    """The patient's Western drugs: searchable among the known drugs and classes, free text accepted (what is not
+    recognised is reported as not checked, never dropped)."""
+    return gr.Dropdown([d.label for d in drug_vocab().drugs], multiselect=True, filterable=True,
+                       allow_custom_value=True, label="正在服用的西药 Western medications（可搜索，可自由输入）",
+                       elem_id=elem_id)
+
+
 def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
     warm_up()
     # the page's actions with this engine and store; Gradio passes them the form's values
@@ -72,6 +81,7 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
                     recognised = gr.HTML()
                 with gr.Column(scale=2):
                     pregnant = gr.Checkbox(label="孕妇 Pregnant")
+                    drugs = medications_field("rx-drugs")
                     age_group = gr.Dropdown(list(AGE_GROUPS), value=AGE_GROUPS[0], label="年龄组 Age group")
                     sex = gr.Radio(list(SEXES), value=SEXES[0], label="性别 Sex")
                     notes = gr.Textbox(label="备注 Notes（仅存于本地数据库）", lines=2)
@@ -102,11 +112,11 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
             gr.on([text.change, picked.change], parse_symptoms, [text, picked], recognised, api_name="recognise",
                   api_visibility="undocumented")
             go.click(run, [text, picked, pregnant, age_group, sex, notes, screen_weight, max_herbs, decoding,
-                           temperature, seed],
+                           temperature, seed, drugs],
                      [output, session_id, accepted, rejected, prescription, prescription_safety, save_status],
                      api_name="recommend", concurrency_id="model", concurrency_limit=1)
-            gr.on([prescription.change, pregnant.change], recheck, [prescription, pregnant], prescription_safety,
-                  api_name="recheck")
+            gr.on([prescription.change, pregnant.change, drugs.change], recheck, [prescription, pregnant, drugs],
+                  prescription_safety, api_name="recheck")
             save_button.click(save, [session_id, accepted, rejected, prescription, pregnant, rating, comment],
                               save_status, api_name="feedback", concurrency_limit=8)
         with gr.Tab("安全核查 Safety check"):
@@ -114,11 +124,14 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
             with gr.Row():
                 check_pregnant = gr.Checkbox(label="孕妇 Pregnant")
                 doses = gr.Textbox(label="剂量（可选，克）", placeholder="附子=9, 半夏=6")
+                check_drugs = medications_field("rx-check-drugs")
             check = gr.Button("核查", variant="primary")
             result = gr.HTML()
-            check.click(check_prescription, [herbs, check_pregnant, doses], result, api_name="check")
+            check.click(check_prescription, [herbs, check_pregnant, doses, check_drugs], result, api_name="check")
             gr.Markdown(f"安全规则：{len(rules().pairs)} 条配伍禁忌，{len(rules().herb_rules)} 组单味药规则，"
-                        f"{len(rules().dose_limits)} 条剂量上限；严重程度 {' / '.join(SEVERITIES)}。")
+                        f"{len(rules().dose_limits)} 条剂量上限，{len(interactions())} 条中药–西药相互作用"
+                        "（精选子集，并非完整的相互作用数据库；证据等级见每条警示）；"
+                        f"严重程度 {' / '.join(SEVERITIES)}。")
         with gr.Tab("症状识别 Symptoms"):
             symptom_text = gr.Textbox(label="症状（自由文本）", placeholder="恶寒发热，头痛，咳嗽")
             parse = gr.Button("识别")

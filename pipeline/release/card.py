@@ -131,6 +131,10 @@ recommendation must be reviewed, and its safety warnings read, by the practition
 - Herb knowledge (功效, 性味, 归经): KDHR knowledge graph (Apache-2.0). Explanations are written by the offline
   knowledge teacher from these facts and from symptom–herb statistics of the training split only.
 - Safety rules (十八反, 十九畏, pregnancy, toxicity, dose limits): `assets/safety/`, each with its source.
+- Herb–drug interactions (`assets/safety/herb_drug_interactions.csv`): a **curated subset** of 63 sourced rows over
+  35 herbs, not an exhaustive interaction database; each row states its evidence level (case reports, clinical or
+  pharmacokinetic studies, or only extrapolated or theoretical). They act at decoding and in the warnings, for the
+  drugs the patient takes; the model never saw them in training.
 
 ## Model and stages
 - {architecture}.

@@ -49,6 +49,9 @@ def test_the_herb_lists_must_be_raw_or_clean(tmp_path):
     ("evaluate:\n  limit: many\n", "evaluate:limit: expected a whole number or null, got 'many'"),
     ("evaluate:\n  tradeoff_alphas: [0, x]\n", "tradeoff_alphas: expected a list of numbers"),
     ("grpo:\n  retune_stop: 1\n", "grpo:retune_stop: expected true or false, got 1"),
+    ("grpo:\n  alpha: -5\n", "grpo: alpha must be a finite number ≥ 0, got -5"),  # it would reward unsafe herbs
+    ("grpo:\n  alpha: .nan\n", "grpo: alpha must be a finite number ≥ 0, got nan"),
+    ("evaluate:\n  tradeoff_alphas: [0, -1]\n", "evaluate: each of tradeoff_alphas must be a finite number ≥ 0"),
 ])
 def test_a_value_of_the_wrong_type_is_one_line_naming_its_key(tmp_path, setting, message):
     path = tmp_path / "bad.yaml"
@@ -56,3 +59,10 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_its_key(tmp_path, setting,
     with pytest.raises(ValueError, match=re.escape(message)) as raised:
         PipelineConfig.load(path)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("alpha", ["-5", "nan"])
+def test_a_negative_or_non_finite_alpha_on_the_command_line_is_one_line(cli, tmp_path, alpha):
+    result = cli("-m", "pipeline", "grpo", "--config", "configs/micro.yaml", "--out", str(tmp_path), "--alpha", alpha)
+    assert result.returncode == 2 and "alpha must be a finite number ≥ 0" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "grpo").exists()

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from rxapp.drugs import drug_vocab, rows_for
+from rxapp.vocab import vocab
 from tests.conftest import ROOT
 from tests.rxapp.conftest import feedback_rows
+from tests.rxapp.test_ui import recommend
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("RX_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts"))
@@ -52,3 +55,33 @@ def test_clinician_reviews_and_saves_in_the_browser(served, symptom_text):
     assert {"herb": first_herb, "dose_g": 12.0} in json.loads(row["prescription"])
     assert any(w["rule"] == "十八反" for w in json.loads(row["warnings"]))
     assert screenshot.stat().st_size > 10_000
+
+
+def drug_shown_on_a_step(herbs: list[str]) -> tuple[str, str]:
+    """A drug whose only interactions with `herbs` are minor (information, which the screen does not price), and
+    the herb it names: entered for the same patient, it leaves the greedy steps as they were and shows on one card."""
+    for drug in drug_vocab().drugs:
+        found = [(herb, row) for herb in herbs for row, _, _ in rows_for(herb, (drug,))]
+        if found and all(row.severity == "minor" for _, row in found):
+            return drug.label, found[0][0]
+    raise AssertionError(f"no drug has only minor interactions with {herbs}")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_a_medication_entered_shows_its_interaction_on_a_step_card(served, symptom_text):
+    first = recommend(served.client, symptom_text)[-1][1]
+    herbs = [s["herb"] for s in served.store.session(first)["steps"]]
+    label, herb = drug_shown_on_a_step(herbs)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(served.url)
+        page.get_by_label("症状（自由文本）Symptoms").fill(symptom_text)
+        medications = page.locator("#rx-drugs input")
+        medications.fill(label)
+        medications.press("Enter")
+        page.get_by_role("button", name="生成处方 Recommend").click()
+        card = page.locator("#rx-output .rx-step", has_text=f"加 {vocab().display_name(herb)}")
+        expect(card.locator(".rx-warning", has_text="相互作用")).to_contain_text(label, timeout=120_000)
+        expect(page.locator("#rx-output .rx-drugs")).to_contain_text(label)
+        browser.close()

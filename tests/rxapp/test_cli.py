@@ -79,3 +79,20 @@ def test_parse_json(cli):
     assert result.returncode == 0
     assert json.loads(result.stdout)["symptoms"] == ["恶寒发热", "咳嗽"]
     assert json.loads(result.stdout)["unrecognised"] == ["😀"]
+
+
+def test_drugs_give_one_sourced_warning_per_drug_and_concern(cli):
+    report = check_json(cli, "--herbs", "丹参", "当归", "茯苓", "--drugs", "华法林", "warfarin", "sertralin")
+    assert [d["name"] for d in report["drugs"]] == ["warfarin"]  # entered twice, in two languages: once
+    assert report["unchecked_drugs"] == [{"text": "sertralin", "suggestions": ["舍曲林（sertraline）"]}]
+    interactions = [w for w in report["warnings"] if w["rule"] == "药物相互作用"]
+    assert [(w["severity"], w["herbs"], w["drug"]) for w in interactions] == [("severe", ["丹参", "当归"], "warfarin")]
+    rows = interactions[0]["interactions"]
+    assert [(r["herb"], r["severity"]) for r in rows] == [("丹参", "major"), ("当归", "moderate")]
+    assert all(r["effect"] and r["management"] and r["evidence"] for r in rows) and interactions[0]["sources"]
+    assert any(w["rule"] == "未识别" and w["drug"] == "sertralin" for w in report["warnings"])
+
+
+def test_a_medication_list_that_cannot_be_read_is_one_line(cli):
+    result = cli("-m", "rxapp", "check", "--herbs", "甘草", "--drugs", "x" * 3000)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr

@@ -118,3 +118,41 @@ def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="not a database"):
         FeedbackStore(bad)
+
+
+def test_a_version_1_file_is_upgraded_in_place_and_keeps_everything(tmp_path):
+    from rxapp.feedback import MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version=0")
+    old = FeedbackStore.__new__(FeedbackStore)  # a store as the previous rx wrote it: schema 1, no drugs column
+    old.path = path
+    with old._transaction() as db:
+        MIGRATIONS[0](db)
+        db.conn.execute("PRAGMA user_version=1")
+    conn.close()
+    row = {k: v for k, v in session().__dict__.items() if k not in ("steps", "drugs", "unchecked_drugs")}
+    with old._transaction() as db:
+        db["sessions"].insert({**{k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v
+                                  for k, v in row.items()}, "id": "old1", "created_at": "2026-01-01",
+                               "herbs": json.dumps(["麻黄"], ensure_ascii=False)})
+        db["feedback"].insert({"session_id": "old1", "saved_at": "2026-01-01", "verdicts": "{}",
+                               "prescription": json.dumps([{"herb": "麻黄", "dose_g": 9}], ensure_ascii=False),
+                               "warnings": "[]", "rating": 5, "comment": "旧"})
+    store = FeedbackStore(path)  # opening it migrates
+    assert store.version == SCHEMA_VERSION == 2
+    [record] = store.preference_records()
+    assert record["comment"] == "旧" and record["final_herbs"] == ["麻黄"] and record["drugs"] == []
+    assert store.session("old1")["symptoms_text"] == "恶寒发热，头痛"
+
+
+def test_the_patients_drugs_are_kept_with_the_session_and_exported(tmp_path):
+    store = FeedbackStore(tmp_path / "rx.sqlite")
+    record = session()
+    record.drugs, record.unchecked_drugs = ["warfarin", "digoxin"], ["sertralin"]
+    sid = store.save_session(record)
+    store.save_feedback(sid, {}, [{"herb": "麻黄", "dose_g": None}], [], None, "")
+    [exported] = store.preference_records()
+    assert exported["drugs"] == ["warfarin", "digoxin"] and exported["unchecked_drugs"] == ["sertralin"]
+    assert '"[""warfarin"", ""digoxin""]"' in export_records([exported], "csv")

@@ -3,6 +3,8 @@ input and a missing model."""
 
 import json
 
+import pytest
+
 from rxapp import DEFAULT_MODEL
 from rxapp.engine import Engine, model_card
 from rxapp.formulas import resembled
@@ -70,3 +72,30 @@ def test_hf_weights_in_4_bits_and_a_gguf_refusing_them(cli, micro_export):
     with Engine() as engine:
         engine.load(micro_export / "hf", "hf", "cpu", "8bit")
         assert engine.model is not None and "weights 8bit" in engine.status(), engine.status()
+
+
+def test_a_patients_drugs_screen_the_steps_and_reach_the_warnings(cli, micro_export, tmp_path):
+    model = str(micro_export / "model-q4_k_m.gguf")
+    result = cli("-m", "rxapp", "recommend", "--symptoms", "胸痛 心悸", "--drugs", "华法林", "氢氯噻嗪", "--model",
+                 model, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert [d["name"] for d in out["drugs"]] == ["warfarin", "hydrochlorothiazide"]
+    on_drugs = Patient.from_input(False, ["华法林", "氢氯噻嗪"])
+    forbidden = {h for h, warnings in rules().addition_risks([], on_drugs).items()
+                 if any(w.severity == "severe" for w in warnings)}
+    assert {"丹参", "甘草"} <= forbidden and not forbidden & {s["herb"] for s in out["steps"]}
+    expected = rules().check_prescription([s["herb"] for s in out["steps"]], on_drugs)
+    assert [w["message"] for w in out["warnings"]] == [w.message for w in expected]
+    batch = tmp_path / "drugs.jsonl"
+    batch.write_text("\n".join([json.dumps({"id": "a", "symptoms": "咳嗽", "drugs": ["digoxin"]}),
+                                json.dumps({"id": "b", "symptoms": "咳嗽", "drugs": 5})]) + "\n", encoding="utf-8")
+    lines = [json.loads(line) for line in cli("-m", "rxapp", "recommend", "--batch", str(batch), "--model",
+                                              model).stdout.splitlines()]
+    assert lines[0]["drugs"][0]["name"] == "digoxin" and "drugs" in lines[1]["error"]
+
+
+@pytest.mark.parametrize("weight", ["-5", "nan", "inf"])
+def test_a_negative_or_non_finite_screen_weight_is_refused(cli, weight):
+    result = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽", "--screen-weight", weight)
+    assert result.returncode == 2 and "finite number ≥ 0" in result.stderr and "Traceback" not in result.stderr

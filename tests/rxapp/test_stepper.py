@@ -26,7 +26,7 @@ def llama(micro_export):
 
 
 def run(backend, symptoms, pregnant=False, **settings) -> tuple[list[Step], Recommendation]:
-    events = list(recommend(backend, symptoms, pregnant, StepperConfig(**settings)))
+    events = list(recommend(backend, symptoms, Patient(pregnant=pregnant), StepperConfig(**settings)))
     assert isinstance(events[-1], Recommendation) and all(isinstance(e, Step) for e in events[:-1])
     return events[:-1], events[-1]
 

@@ -24,8 +24,8 @@ from tests.rxapp.conftest import feedback_rows, free_port
 SETTINGS = (False, "未填", "未填", "", 4.0, 20, DECODING[0], 0.7, 0)  # pregnant, age, sex, notes, screen, max herbs, …
 
 
-def recommend(client, text, picked=()):
-    job = client.submit(text, list(picked), *SETTINGS, api_name="/recommend")
+def recommend(client, text, picked=(), drugs=()):
+    job = client.submit(text, list(picked), *SETTINGS, list(drugs), api_name="/recommend")
     job.result()
     return job.outputs()
 
@@ -210,3 +210,15 @@ def test_kill_9_during_a_burst_of_saves_loses_no_acknowledged_save(micro_export,
     saved = {r["id"] for r in feedback_rows(db)}
     with lock:
         assert acknowledged and set(acknowledged) <= saved, set(acknowledged) - saved
+
+
+def test_the_patients_drugs_reach_the_checks_and_the_session(served, symptom_text):
+    drugs = ["华法林（warfarin）", "地高辛", "sertralin"]
+    page, session_id = recommend(served.client, symptom_text, drugs=drugs)[-1][:2]
+    assert "所服西药" in page and "华法林" in page and "sertralin" in page  # the unknown one: "not checked"
+    saved = served.store.session(session_id)
+    assert saved["drugs"] == ["warfarin", "digoxin"] and saved["unchecked_drugs"] == ["sertralin"]
+    assert "华法林（warfarin） 相互作用：出血风险" in served.client.predict("丹参 当归", False, "", ["warfarin"],
+                                                                    api_name="/check")
+    assert "出血风险" not in served.client.predict("丹参 当归", False, "", [], api_name="/check")
+    assert "相互作用：低血钾" in served.client.predict("甘草 6g", False, ["digoxin"], api_name="/recheck")

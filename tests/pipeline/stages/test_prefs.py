@@ -13,6 +13,7 @@ from rxapp.engine import Engine
 from rxapp.feedback import FeedbackStore, export_records
 from rxapp.modelinfo import HF_METADATA, stop_threshold
 from rxapp.page import session_record
+from rxapp.safety import Patient
 from rxapp.stepformat import parse_response, render_analysis, render_response
 from rxapp.stepper import Recommendation, StepperConfig, recommend
 
@@ -49,7 +50,8 @@ def feedback_db(tmp_path_factory):
     with Engine() as engine:
         engine.load(DEFAULT_MODEL)
         assert engine.model is not None, engine.error
-        final = next(e for e in recommend(engine.model.backend, symptoms, False, cfg) if isinstance(e, Recommendation))
+        events = recommend(engine.model.backend, symptoms, Patient(), cfg)
+        final = next(e for e in events if isinstance(e, Recommendation))
         record = session_record(final, "、".join(symptoms), [], False, "成人 14–64", "男", "", engine.model, cfg)
     assert len(final.herbs) >= 2
     store = FeedbackStore(tmp_path_factory.mktemp("feedback") / "rx.db")
