@@ -12,7 +12,7 @@ from rxapp import DEFAULT_MODEL
 from rxapp.backends import QUANTIZATIONS
 from rxapp.drugs import MedicationInputError
 from rxapp.modelinfo import ModelMismatchError
-from rxapp.safety import DoseError, Patient, check_safety_weight, parse_doses, rules
+from rxapp.safety import DoseError, Patient, check_safety_weight, interaction_summary, parse_doses, rules
 from rxapp.stepper import StepperConfig
 from rxapp.vocab import HerbInputError, SymptomInputError, split_herb_list, vocab
 
@@ -41,7 +41,8 @@ def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg, medica
         "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "name": s.name, "explanation": s.explanation,
                    "facts": s.facts.summary() if s.facts else None, "probability": round(s.probability, 4),
                    "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
-        "summary": final.summary, "formula": final.formula.describe() if final.formula else None,
+        "summary": final.summary, "interactions": interaction_summary(final.warnings),
+        "formula": final.formula.describe() if final.formula else None,
         "warnings": [w.to_dict() for w in final.warnings], "ranking": final.ranking,
     }
 
@@ -97,6 +98,8 @@ def print_recommendation(out: dict) -> None:
         for w in step["warnings"]:
             print(f"   [{w['severity']}] {w['message']}")
     print("方解: " + out["summary"])
+    if out["interactions"]:
+        print("与所服西药: " + out["interactions"])
     if out["formula"]:
         print(out["formula"])
     print("排序: " + " ".join(vocab().display_name(h) for h in out["ranking"][:20]))

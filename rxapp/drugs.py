@@ -28,6 +28,7 @@ EVIDENCE = {"case_report": "病例报告", "clinical_study": "临床研究", "pk
             "theoretical": "理论推测"}
 MAX_MEDICATION_CHARS = 2000
 MAX_MEDICATIONS = 30
+MAX_NAME_WORDS = 8  # the longest name with its salt and form words ("non nucleoside reverse transcriptase …")
 ATC_CODE = re.compile(r"^[ABCDGHJLMNPRSV]\d{2}(?:[A-Z](?:[A-Z](?:\d{2})?)?)?$")
 LIST_SEPARATORS = re.compile(r"[,，、;；。\n\r\t+]+|\band\b")
 DOSE = re.compile(r"^(?=.)(?:\d+(?:\.\d+)?)?(?:mg|g|mcg|μg|µg|ug|ml|iu|u|毫克|克|微克|片|粒)?(?:/d|/日)?$"
@@ -100,11 +101,18 @@ class DrugVocab:
         if ATC_CODE.match(code):
             known = next((d for d in self.drugs if code in d.atc and not d.is_class), None)
             return known or Drug(code, "", (code,), len(code) < 7)
-        for salt in SALT_OR_FORM:  # 华法林钠片, metoprolol succinate: the name without its salt or form
-            for rest in (key.removesuffix(salt), key.removeprefix(salt), key.removesuffix(" " + salt)):
-                rest = rest.strip()
-                if rest != key and rest and (rest in self.by_name):
-                    return self.by_name[rest]
+        return self._without_salt_or_form(key)
+
+    def _without_salt_or_form(self, key: str) -> Drug | None:
+        """酒石酸美托洛尔缓释片, metoprolol succinate er: the name inside its salt and dosage-form words, which are
+        removed from either end one at a time, the name looked up after each."""
+        shorter = {key}
+        while shorter:
+            found = next((self.by_name[k] for k in shorter if k in self.by_name), None)
+            if found:
+                return found
+            shorter = {rest.strip() for k in shorter for word in SALT_OR_FORM
+                       for rest in (k.removesuffix(word), k.removeprefix(word)) if rest != k and rest.strip()}
         return None
 
     def parse(self, given: str | list[str]) -> MedicationParse:
@@ -128,7 +136,8 @@ class DrugVocab:
         words = [w for w in item.split() if not DOSE.match(w.casefold())]
         start, pending = 0, []
         while start < len(words):
-            end = next((e for e in range(len(words), start, -1) if self.lookup(" ".join(words[start:e]))), None)
+            longest = min(len(words), start + MAX_NAME_WORDS)
+            end = next((e for e in range(longest, start, -1) if self.lookup(" ".join(words[start:e]))), None)
             found = [self.lookup(" ".join(words[start:end]))] if end else self._run_together(words[start])
             if not found:
                 pending.append(words[start])

@@ -15,13 +15,21 @@ from pathlib import Path
 from rxapp.drugs import MedicationInputError
 from rxapp.engine import Engine, LoadedModel, model_card
 from rxapp.feedback import FeedbackStore, SessionRecord, StoreError, export_records
-from rxapp.safety import DoseError, Patient, parse_doses, parse_prescription, rules
+from rxapp.safety import (
+    SEVERITY_WORD,
+    DoseError,
+    Patient,
+    interaction_summary,
+    parse_doses,
+    parse_prescription,
+    rules,
+)
 from rxapp.stepformat import NO_RECORD, render_analysis
 from rxapp.stepper import Recommendation, Step, StepperConfig
 from rxapp.stepper import recommend as recommend_steps
 from rxapp.vocab import SEPARATORS, HerbInputError, SymptomInputError, clean_text, split_herb_list, vocab
 
-SEVERITY_STYLE = {"severe": ("#b42318", "严重"), "warning": ("#b54708", "警告"), "info": ("#175cd3", "提示")}
+SEVERITY_COLOUR = {"severe": "#b42318", "warning": "#b54708", "info": "#175cd3"}
 DECODING = ("确定性 deterministic", "采样 sampling")
 # The feedback table's headers, in the order of browse_feedback's row cells.
 FEEDBACK_COLUMNS = ["feedback", "saved (UTC)", "session", "symptoms", "model herbs", "final herbs", "accepted",
@@ -32,7 +40,7 @@ e = html.escape
 def warning_items(warnings: list) -> str:
     items = []
     for w in warnings:
-        colour, label = SEVERITY_STYLE[w.severity]
+        colour, label = SEVERITY_COLOUR[w.severity], SEVERITY_WORD[w.severity]
         sources = "；".join(e(s.url or s.title) for s in w.sources)
         items.append(f'<li class="rx-warning rx-{w.severity}" style="border-left:4px solid {colour};'
                      f'padding:4px 8px;margin:4px 0;list-style:none"><b style="color:{colour}">[{label}]</b> '
@@ -110,7 +118,9 @@ def recommendation_html(analysis: str, cards: list[str], final: Recommendation |
         rows = "".join(f"<tr><td>{s.index}</td><td>{e(s.name)}</td><td>{e(s.facts.summary(3) if s.facts else '')}"
                        f"</td></tr>" for s in final.steps)
         formula = f"<p>{e(final.formula.describe())}</p>" if final.formula else ""
-        parts += [f"<h3>方解</h3><p>{e(final.summary or '（未加一味药，无方解）')}</p>{formula}",
+        interacting = interaction_summary(final.warnings)
+        interacting = f"<p class='rx-interactions'>与所服西药：{e(interacting)}</p>" if interacting else ""
+        parts += [f"<h3>方解</h3><p>{e(final.summary or '（未加一味药，无方解）')}</p>{formula}{interacting}",
                   "<h3>处方</h3><table class='rx-prescription'><tr><th>#</th><th>药物</th><th>功效 · 性味</th></tr>"
                   f"{rows}</table>", "<h3>整方安全核查</h3>", warning_html(final.warnings)]
     return "".join(parts) + (message(note) if note else "")

@@ -24,6 +24,7 @@ from rxapp.vocab import MAX_HERB_NAME, MAX_INPUT_HERBS, HerbInputError, clean_te
 RULES_FILE = ASSETS / "safety" / "rules.yaml"
 SEVERITIES = ("severe", "warning", "info")  # most severe first
 SEVERITY_COST = {"severe": 2.0, "warning": 1.0, "info": 0.0}  # what one broken rule costs (`safety_cost`)
+SEVERITY_WORD = {"severe": "严重", "warning": "警告", "info": "提示"}  # how the page and the 方解 name them
 INCOMPATIBILITY_RULES = ("十八反", "十九畏")
 INTERACTION_RULE = "药物相互作用"  # a herb with a Western drug the patient takes (rxapp.drugs)
 DOSE_GATED_HERB = "甘草"  # its interaction rows depend on daily dose and duration (the reference's licorice gating)
@@ -318,6 +319,13 @@ class SafetyRules:
             self._sources(limit), limit["verified"])]
 
 
+def interaction_summary(warnings: Iterable[SafetyWarning]) -> str:
+    """The interactions of a whole prescription with the patient's drugs in one line, for beside the 方解
+    (`丹参、当归 与 华法林：出血风险`); empty when there are none."""
+    return "；".join(f"{'、'.join(w.herbs)} 与 {drug_vocab().lookup(w.drug).label}：{w.interactions[0]['concern']}"
+                    f"（{SEVERITY_WORD[w.severity]}）" for w in warnings if w.rule == INTERACTION_RULE)
+
+
 def _unverified(verified: bool) -> str:
     return "" if verified else "〔来源未核实〕"
 
@@ -344,9 +352,10 @@ def _interaction_warning(drug: Drug, concern: str, found: list[tuple[str, Intera
                      f"处理：{row.management}。{gated}" + _unverified(row.verified))
     message = f"{'、'.join(herbs)} 与 {drug.label} 相互作用：{concern}。" + " ".join(parts)
     sources = tuple(dict.fromkeys(Source(title[:60], title, url) for row, _ in rows for title, url in row.sources))
-    details = tuple({"herb": row.herb, "drug_class": row.drug_class, "applies": how, "effect": row.effect,
-                     "mechanism": row.mechanism, "management": row.management, "severity": row.severity,
-                     "evidence": list(row.evidence), "verified": row.verified} for row, how in rows)
+    details = tuple({"herb": row.herb, "drug_class": row.drug_class, "concern": row.concern, "applies": how,
+                     "effect": row.effect, "mechanism": row.mechanism, "management": row.management,
+                     "severity": row.severity, "evidence": list(row.evidence), "verified": row.verified}
+                    for row, how in rows)
     return SafetyWarning(severity, INTERACTION_RULE, herbs, message, sources, all(r.verified for r, _ in rows),
                          drug.name, details)
 

@@ -84,4 +84,5 @@ def test_a_medication_entered_shows_its_interaction_on_a_step_card(served, sympt
         card = page.locator("#rx-output .rx-step", has_text=f"加 {vocab().display_name(herb)}")
         expect(card.locator(".rx-warning", has_text="相互作用")).to_contain_text(label, timeout=120_000)
         expect(page.locator("#rx-output .rx-drugs")).to_contain_text(label)
+        expect(page.locator("#rx-output .rx-interactions")).to_contain_text(label, timeout=120_000)  # by the 方解
         browser.close()

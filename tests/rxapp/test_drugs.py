@@ -15,7 +15,7 @@ from rxapp.drugs import (
     MedicationInputError,
     drug_vocab,
 )
-from rxapp.safety import INTERACTION_RULE, Patient, check_safety_weight, rules, safety_cost
+from rxapp.safety import INTERACTION_RULE, Patient, check_safety_weight, interaction_summary, rules, safety_cost
 from rxapp.stepper import StepperConfig, screen_costs
 from rxapp.vocab import SMGCN, read_mapping, vocab
 
@@ -84,6 +84,9 @@ def test_absurd_lists_get_a_clear_error():
         drug_vocab().parse("warfarin " * 2000)
     with pytest.raises(MedicationInputError, match="medications given"):
         drug_vocab().parse([d.name for d in drug_vocab().drugs][:40])
+    long_garbage = drug_vocab().parse("x " * 600 + "\n" + "😀" * 700)  # within the limit: read, kept, not checked
+    assert long_garbage.drugs == [] and [len(u) for u in long_garbage.unrecognised] == [60, 60]
+    assert [d.name for d in drug_vocab().parse("酒石酸美托洛尔缓释片 47.5mg qd").drugs] == ["metoprolol"]
 
 
 @pytest.mark.parametrize(("trap", "real", "drug"), [
@@ -109,6 +112,7 @@ def test_one_warning_per_drug_and_concern_names_every_herb_behind_it():
     assert "甘草 9 g/日" in message and "不按剂量降级" in message  # no verified gram threshold: not downgraded
     assert all(s.url for s in warnings[0].sources)
     assert interaction_warnings(["甘草", "大黄"]) == []  # no drugs, no interaction warnings
+    assert interaction_summary(warnings) == "甘草、大黄 与 呋塞米（furosemide）：低血钾（严重）"
 
 
 def test_severity_follows_the_grade_and_a_wider_class_is_a_possibility():

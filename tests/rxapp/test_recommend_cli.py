@@ -9,7 +9,7 @@ from rxapp import DEFAULT_MODEL
 from rxapp.engine import Engine, model_card
 from rxapp.formulas import resembled
 from rxapp.modelinfo import file_sha256
-from rxapp.safety import Patient, rules
+from rxapp.safety import Patient, interaction_summary, rules
 from rxapp.vocab import vocab
 
 
@@ -87,6 +87,7 @@ def test_a_patients_drugs_screen_the_steps_and_reach_the_warnings(cli, micro_exp
     assert {"丹参", "甘草"} <= forbidden and not forbidden & {s["herb"] for s in out["steps"]}
     expected = rules().check_prescription([s["herb"] for s in out["steps"]], on_drugs)
     assert [w["message"] for w in out["warnings"]] == [w.message for w in expected]
+    assert out["interactions"] == interaction_summary(expected)  # beside the 方解
     batch = tmp_path / "drugs.jsonl"
     batch.write_text("\n".join([json.dumps({"id": "a", "symptoms": "咳嗽", "drugs": ["digoxin"]}),
                                 json.dumps({"id": "b", "symptoms": "咳嗽", "drugs": 5})]) + "\n", encoding="utf-8")
