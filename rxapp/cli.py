@@ -108,7 +108,7 @@ def print_recommendation(out: dict) -> None:
 
 def print_drugs(out: dict) -> None:
     if out["drugs"] or out["unchecked_drugs"]:
-        print("西药: " + ("、".join(f"{d['name_zh'] or d['name']}（{d['name']}）" if d["name_zh"] else d["name"]
+        print("西药: " + ("、".join(f"{d['name_zh']}（{d['name']}）" if d["name_zh"] else d["name"]
                                    for d in out["drugs"]) or "（无可核查者）")
               + "".join(f"  未核查: {u['text']}" for u in out["unchecked_drugs"]))
 
