@@ -236,7 +236,7 @@ class SafetyRules:
             risks.setdefault(herb, []).extend(warnings)
         return risks
 
-    @cache  # noqa: B019 (the stepper asks again at every step)
+    @lru_cache(maxsize=64)  # noqa: B019 (asked at every step; keyed by a patient's drugs, so bounded: the app lives long)
     def _interaction_risks(self, drugs: tuple[Drug, ...]) -> dict[str, tuple[SafetyWarning, ...]]:
         """Each vocabulary herb that interacts with one of `drugs`, and those warnings (minor ones left out)."""
         found = {h: tuple(w for w in self.interaction_warnings([h], Patient(drugs=drugs)) if w.severity != "info")
