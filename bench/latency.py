@@ -4,7 +4,8 @@ Each row runs in its own process (so that its peak memory is its own) on the fir
 case. `reference_llama_s` is bare llama-cpp-python evaluating the same tokens one at a time (the GGUF of the row's
 precision; f16 for the transformers rows): the cost of the model alone, which the stepper's own work adds to. It is
 timed right after each case, so that both see the same machine (a shared CPU drifts), and `overhead` is the median
-of those paired ratios; the reference model counts in the row's peak memory.
+of those paired ratios; the reference model counts in the row's peak memory. `revision_s` is a whole revision of a
+draft of the case's first 6 herbs (the draft explained, then revised; models of step format 2 and later).
 Usage: python -m bench.latency --model-dir RUN/export [--cases 30] [--rows ...] [--json] [--out FILE]
 """
 
@@ -25,8 +26,9 @@ from pipeline.runfolder import write_json
 from rxapp import DEFAULT_MODEL
 
 ROWS = ("hf:fp32", "hf:4bit", "llama:f16", "llama:q8_0", "llama:q4_k_m")
-COLUMNS = ("backend", "precision", "load_s", "first_step_s", "prescription_s", "reference_llama_s", "overhead",
-           "tokens_per_s", "herbs", "peak_rss_mb")
+COLUMNS = ("backend", "precision", "load_s", "first_step_s", "prescription_s", "revision_s", "reference_llama_s",
+           "overhead", "tokens_per_s", "herbs", "peak_rss_mb")
+DRAFT_HERBS = 6  # the draft a revision is timed on
 
 
 def bare_llama_s(llm, prompt: list[int], decoded: list[int]) -> float:
@@ -43,7 +45,10 @@ def bare_llama_s(llm, prompt: list[int], decoded: list[int]) -> float:
 def measure(row: str, model_dir: Path, cases: int) -> dict:
     """One row, in this process."""
     from rxapp.backends import HFBackend, LlamaBackend
+    from rxapp.draft import Draft
+    from rxapp.stepformat import REVISION_FORMAT
     from rxapp.stepper import Recommendation, recommend, warm_up
+    from rxapp.vocab import vocab
 
     backend_name, precision = row.split(":")
     warm_up()
@@ -56,7 +61,7 @@ def measure(row: str, model_dir: Path, cases: int) -> dict:
     import llama_cpp
 
     records = load_split("test")[: cases + 1]
-    first, whole, tokens, herbs, reference = [], [], [], [], []
+    first, whole, tokens, herbs, reference, revision = [], [], [], [], [], []
     with backend, closing(llama_cpp.Llama(str(gguf), n_ctx=0, verbose=False, n_threads=2)) as reference_llm:
         for i, record in enumerate(records):
             started = time.perf_counter()
@@ -72,9 +77,16 @@ def measure(row: str, model_dir: Path, cases: int) -> dict:
             tokens.append(final.tokens)
             herbs.append(len(final.herbs))
             reference.append(bare_llama_s(reference_llm, final.prompt_ids, final.response_ids))
+            if backend.format_version >= REVISION_FORMAT:
+                draft = Draft(tuple(vocab().clean_herbs(record.herbs)[:DRAFT_HERBS]), ())
+                started = time.perf_counter()
+                for _ in recommend(backend, list(record.symptoms), draft=draft):
+                    pass
+                revision.append(time.perf_counter() - started)
     prescription, reference_s = statistics.median(whole), statistics.median(reference)
     return {"backend": backend_name, "precision": precision, "load_s": backend.load_s,
             "first_step_s": statistics.median(first), "prescription_s": prescription,
+            "revision_s": statistics.median(revision) if revision else None,
             "reference_llama_s": reference_s,
             "overhead": statistics.median(w / r for w, r in zip(whole, reference, strict=True)),
             "tokens_per_s": sum(tokens) / sum(whole), "herbs": statistics.mean(herbs), "cases": len(whole),

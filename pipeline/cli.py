@@ -90,6 +90,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from pipeline.runfolder import write_json
 
     views = args.lists
+    if args.revision:
+        return run_revision(args)
     if args.model:
         compared = [evaluate_baseline(name, args.split, args.limit, view) for view in views for name in BASELINES]
         rows = with_differences([row for path in args.model for row in
@@ -118,6 +120,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_revision(args: argparse.Namespace) -> int:
+    """`evaluate --revision`: each model's revisions of the split's seeded corrupted drafts (pipeline.evaluate)."""
+    from pipeline.evaluate import evaluate_revision, format_revision
+    from pipeline.runfolder import write_json
+
+    if not args.model:
+        raise ValueError("--revision scores models: give --model")
+    for path in args.model:
+        row = evaluate_revision(path, args.split, args.limit, args.stepper)
+        out = args.out if args.out and len(args.model) == 1 else (
+            (path if path.is_dir() else path.parent) / f"revision-{args.split}-{path.stem}.json")
+        write_json(row, out)
+        print(json.dumps(row, ensure_ascii=False, indent=2) if args.json else format_revision(row))
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def run_card(args: argparse.Namespace) -> int:
     import gguf
 
@@ -134,7 +153,7 @@ def run_card(args: argparse.Namespace) -> int:
     else:  # a GGUF-only export, e.g. the shipped model's folder
         threshold = stop_threshold(gguf_fields(gguf.GGUFReader(str(files[0]))))
     print(write_card(PipelineConfig.load(args.config), args.eval, files, args.export / "card.md", threshold,
-                     args.stages, args.tradeoff))
+                     args.stages, args.tradeoff, args.revision))
     return 0
 
 
@@ -247,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "cleaned of their substring artefacts (clean), or both (default)")
     evaluate.add_argument("--out", type=Path, help="JSON file to write (default: runs/evaluate/NAME-SPLIT.json for "
                           "baselines, MODEL/eval-SPLIT.json for a model, runs/evaluate/models-SPLIT.json for several)")
+    evaluate.add_argument("--revision", action="store_true",
+                          help="score each model's revisions of seeded corrupted drafts (2 of the doctors' herbs "
+                          "dropped, 2 plausible wrong ones added) beside the co-occurrence revision")
     evaluate.add_argument("--json", action="store_true",
                           help="print the JSON on stdout (the table then goes to stderr)")
     evaluate.set_defaults(run=run_evaluate)
@@ -259,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the stages that produced the model (default: %(default)s)")
     card.add_argument("--tradeoff", type=Path, help="RUN/tradeoff.json of `pipeline tradeoff`: its table and plot "
                       "go into the card")
+    card.add_argument("--revision", type=Path, help="the `evaluate --revision` file of this model: its revision "
+                      "table goes into the card")
     card.set_defaults(run=run_card)
     ship = sub.add_parser("ship", help="make an export the app's embedded default model: its Q4_K_M GGUF, card, plots "
                           "and (within 50 MiB) hf/ folder replace assets/models/default/")

@@ -59,8 +59,15 @@ class SFTConfig:
     # with "set": passes over first-step copies alone after the main epochs (stages/sft.py), unless patience stopped
     ranking_passes: int = 1
     ranking_lr: float = 3e-4  # the peak learning rate of those passes' own cosine schedule
+    # share of the training records whose revision example (a corrupted draft to correct with 减/加) joins each main
+    # epoch, drawn afresh (stages/sft.py, pipeline/data/revision.py)
+    revision_share: float = 0.25
     max_train: int | None = None  # cap on training examples (micro config)
     max_validation: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.revision_share <= 1.0:
+            raise ValueError(f"revision_share must be between 0 and 1, got {self.revision_share}")
 
 
 @dataclass

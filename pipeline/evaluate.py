@@ -1,10 +1,12 @@
 """The one evaluator: every recommender (the baselines, the small BART, a trained model folder, or any model the app
 loads, through the app's own stepper) is scored by `evaluate` on the same split with the same metrics, and shown
 beside the published results on this split. Each split is scored on its herb lists as published (raw, comparable
-with the published results) and cleaned of their substring artefacts (clean: what a practitioner would count)."""
+with the published results) and cleaned of their substring artefacts (clean: what a practitioner would count).
+`evaluate_revision` scores a model's revisions of seeded corrupted drafts beside the co-occurrence revision."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -13,8 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.config import HERB_LISTS
-from pipeline.data.baselines import BASELINES, KNN, rank
+from pipeline.data.baselines import BASELINES, KNN, CoOccurrence, rank
 from pipeline.data.records import Record, load_split
+from pipeline.data.revision import Corruption, corrupt, plausible
 from pipeline.data.teacher import TrainStats, claim_is_grounded, step_is_relevant
 from pipeline.metrics import (
     COMPARED,
@@ -297,3 +300,97 @@ def format_table(rows: Sequence[dict], split: str, lists: str = "raw") -> str:
 def format_tables(rows: Sequence[dict], split: str, views: Sequence[str] = HERB_LISTS) -> str:
     """format_table for each herb-list view, one after the other."""
     return "\n\n".join(format_table(rows, split, view) for view in views)
+
+
+REVISION_CHANGES = (2, 2)  # each test draft: 2 of the doctors' herbs dropped, 2 plausible wrong herbs added
+REVISION_SEED = 0
+
+
+@dataclass
+class RevisionCase:
+    record: Record  # on clean herb lists: the revision writes one name per drug
+    corruption: Corruption
+
+
+def revision_cases(split: str, limit: int | None = None) -> list[RevisionCase]:
+    """The split's records, each with its seeded corrupted draft (REVISION_CHANGES), the wrong herbs drawn from
+    those the training statistics rank highest for the symptoms."""
+    records = load_split(split, "clean")[:limit]
+    rng = random.Random(REVISION_SEED)
+    return [RevisionCase(r, corrupt(r.herbs, c, *REVISION_CHANGES, rng))
+            for r, c in zip(records, plausible(training_stats(), [r.symptoms for r in records]), strict=True)]
+
+
+def cooccurrence_revision(cases: Sequence[RevisionCase], removals: Sequence[int], additions: Sequence[int]
+                          ) -> list[list[str]]:
+    """The statistics' revision, as many steps as the model took in each case: remove the draft's herbs that
+    co-occurrence scores lowest for the symptoms, then add the best-scoring herbs not in the draft."""
+    scores = CoOccurrence().fit(load_split("train", "clean")).scores([c.record.symptoms for c in cases])
+    index, v, out = vocab().herb_id, vocab(), []
+    for case, row, ranked, k, m in zip(cases, scores, rank(scores), removals, additions, strict=True):
+        draft = sorted(case.corruption.draft, key=lambda h: row[index[h]])
+        kept = draft[k:]
+        out.append(kept + [h for h in ranked if h not in draft and v.identity(h) == h][:m])
+    return out
+
+
+def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper: str | None = None) -> dict:
+    """A model revising each case's corrupted draft through the app's stepper (greedy, screen off): Jaccard of the
+    draft, of the model's revision and of the co-occurrence revision against the doctors' list, with paired
+    intervals; removal precision (removed herbs that were wrong; a random removal scores 2/|draft|); and the share
+    of dropped herbs the model restored. Drafts too long for the model's context are left out (`too_long`)."""
+    from rxapp.backends import load_backend
+    from rxapp.draft import Draft, DraftInputError
+    from rxapp.stepper import Recommendation, StepperConfig, recommend
+
+    cases, finals, too_long = revision_cases(split, limit), [], 0
+    with load_backend(path, stepper or ("llama" if path.suffix == ".gguf" else "hf")) as backend:
+        for case in tqdm(cases, desc=f"revise {path.name}", unit="case", disable=None):
+            events = recommend(backend, case.record.symptoms, Patient(), StepperConfig(screen_weight=0.0),
+                               Draft(case.corruption.draft, ()))
+            try:
+                finals.append(next(e for e in events if isinstance(e, Recommendation)))
+            except DraftInputError:  # a draft whose explained lines outgrow the model's context is left out
+                finals.append(None)
+                too_long += 1
+    cases = [c for c, f in zip(cases, finals, strict=True) if f is not None]
+    finals = [f for f in finals if f is not None]
+    removed = [[s.herb for s in f.steps if s.action == "remove"] for f in finals]
+    added = [[s.herb for s in f.steps if s.action == "add"] for f in finals]
+    baseline = cooccurrence_revision(cases, [len(r) for r in removed], [len(a) for a in added])
+    truths = [set(c.record.herbs) for c in cases]
+    scores = {name: {"Jaccard": [jaccard(set(h), t) for h, t in zip(lists, truths, strict=True)]}
+              for name, lists in (("draft", [c.corruption.draft for c in cases]), ("model", [f.herbs for f in finals]),
+                                  ("cooccurrence", baseline))}
+    wrong_removed = sum(len(set(r) & set(c.corruption.wrong)) for r, c in zip(removed, cases, strict=True))
+    dropped = sum(len(c.corruption.dropped) for c in cases)
+    return {
+        "model": str(path), "split": split, "n": len(cases), "too_long": too_long,
+        "changes": {"dropped": REVISION_CHANGES[0], "added": REVISION_CHANGES[1]},
+        **{f"Jaccard {name}": sum(s["Jaccard"]) / len(cases) for name, s in scores.items()},
+        **{f"Jaccard model − {name} CI": list(paired_interval(scores["model"], scores[name], "Jaccard"))
+           for name in ("draft", "cooccurrence")},
+        "removals": sum(map(len, removed)) / len(cases), "additions": sum(map(len, added)) / len(cases),
+        "removal_precision": wrong_removed / max(1, sum(map(len, removed))),
+        "random_removal_precision": sum(len(c.corruption.wrong) / len(c.corruption.draft) for c in cases) / len(cases),
+        "restored": sum(len(set(a) & set(c.corruption.dropped)) for a, c in zip(added, cases, strict=True))
+        / max(1, dropped),
+    }
+
+
+def format_revision(row: dict) -> str:
+    """The revision table: the three lists' Jaccard, the model's differences with their intervals, its steps."""
+    lines = [f"{row['split']} split, {row['n']} drafts ({row['changes']['dropped']} of the doctors' herbs dropped, "
+             f"{row['changes']['added']} plausible wrong herbs added; clean herb lists)",
+             f"{'list':<28}{'Jaccard':>9}"]
+    for name, label in (("draft", "draft (the start)"), ("cooccurrence", "co-occurrence revision"),
+                        ("model", "model revision")):
+        lines.append(f"{label:<28}{row[f'Jaccard {name}']:>9.4f}")
+    for name in ("draft", "cooccurrence"):
+        low, high = row[f"Jaccard model − {name} CI"]
+        gap = row["Jaccard model"] - row[f"Jaccard {name}"]
+        lines.append(f"model − {name:<20}{gap:>+9.4f}  95 % interval [{low:+.4f}, {high:+.4f}]")
+    lines.append(f"removals {row['removals']:.2f} and additions {row['additions']:.2f} per draft; removal precision "
+                 f"{row['removal_precision']:.3f} (a random removal: {row['random_removal_precision']:.3f}); "
+                 f"dropped herbs restored {row['restored']:.3f}")
+    return "\n".join(lines)

@@ -59,9 +59,9 @@ def paired_interval(a: dict[str, list[float]], b: dict[str, list[float]], metric
                     seed: int = 0) -> tuple[float, float]:
     """95 % paired bootstrap interval of metric(a) − metric(b) over the same cases (case_scores of each), resampling
     the cases with replacement `resamples` times (seeded)."""
-    n = len(a["P@5"])
-    if len(b["P@5"]) != n:
-        raise ValueError(f"paired scores need the same cases: {n} against {len(b['P@5'])}")
+    n, m = len(next(iter(a.values()))), len(next(iter(b.values())))
+    if m != n:
+        raise ValueError(f"paired scores need the same cases: {n} against {m}")
     picks = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     gaps = (_from_cases({k: np.asarray(v)[picks] for k, v in a.items()}, metric)
             - _from_cases({k: np.asarray(v)[picks] for k, v in b.items()}, metric))

@@ -149,12 +149,15 @@ def export(run: Run) -> dict:
 
 def evaluate(run: Run) -> dict:
     """Each trained stage's model as Q4_K_M through the app's stepper, the differences from SFT, the baselines and
-    the doctors' own prescriptions, on raw and clean herb lists, in RUN/evaluate/SPLIT.json."""
+    the doctors' own prescriptions, on raw and clean herb lists, in RUN/evaluate/SPLIT.json; and the exported model
+    revising corrupted drafts, in RUN/evaluate/revision-SPLIT.json."""
     from pipeline.config import HERB_LISTS
     from pipeline.data.baselines import BASELINES
     from pipeline.evaluate import (
         evaluate_baseline,
         evaluate_model,
+        evaluate_revision,
+        format_revision,
         format_tables,
         reference_row,
         with_differences,
@@ -183,7 +186,11 @@ def evaluate(run: Run) -> dict:
     rows = without_cases(rows)
     write_json(rows, run.folder.evaluation(settings.split))
     print(format_tables(rows, settings.split))
-    return summary
+    revision = evaluate_revision(models[exported], settings.split, settings.limit)
+    write_json(revision, run.folder.revision_evaluation(settings.split))
+    print(format_revision(revision))
+    return summary | {"revision": {k: revision[k] for k in ("Jaccard draft", "Jaccard model", "Jaccard cooccurrence",
+                                                          "removal_precision")}}
 
 
 def card(run: Run) -> dict:
@@ -193,7 +200,8 @@ def card(run: Run) -> dict:
     folder = run.folder.export
     swept = run.folder.tradeoff if run.cfg.evaluate.tradeoff_alphas else None
     path = write_card(run.cfg, [run.folder.evaluation(run.cfg.evaluate.split)], export_files(folder),
-                      folder / "card.md", saved_stop_threshold(folder / "hf"), making_stages(run.cfg), swept)
+                      folder / "card.md", saved_stop_threshold(folder / "hf"), making_stages(run.cfg), swept,
+                      run.folder.revision_evaluation(run.cfg.evaluate.split))
     return {"card": str(path)}
 
 

@@ -8,6 +8,7 @@ reads and writes that a run's files go through. Nothing else spells a path insid
     RUN/data/splits.json           the splits' sizes and the validation split's identity
     RUN/knowledge/herbs.json       the knowledge rebuilt from the raw files, compared with the shipped one
     RUN/distill/SPLIT.jsonl        training examples (and manifest.json, the inputs they were made from)
+    RUN/distill/train-revisions.jsonl  a revision example (a draft to correct) of every training record
     RUN/sft/best, RUN/small/best   the trained models (beside log.json; sft/ also holds checkpoint.pt)
     RUN/prefs/                     pairs.jsonl, unpaired.jsonl, stats.json
     RUN/dpo/best                   the preference-trained model
@@ -15,6 +16,7 @@ reads and writes that a run's files go through. Nothing else spells a path insid
     RUN/tradeoff.json, .png        the α sweep
     RUN/export/                    the exported model of the shipped stage, with card.md
     RUN/evaluate/SPLIT.json        every trained stage, the baselines and the doctors, scored
+    RUN/evaluate/revision-SPLIT.json   the exported model revising corrupted drafts
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TRAINED_STAGES = ("sft", "dpo", "grpo")  # the stages that leave an LLM a run can export and ship
+REVISIONS_FILE = "train-revisions.jsonl"  # in distill/: a revision example of every training record
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class RunFolder:
         """The distilled examples of a split."""
         return self.distill / f"{split}.jsonl"
 
+    def revisions(self) -> Path:
+        """The revision examples of the training records (pipeline.data.revision)."""
+        return self.distill / REVISIONS_FILE
+
     def stage(self, name: str, alpha: float | None = None) -> Path:
         """A trained stage's folder; GRPO has one per α."""
         if name == "grpo":
@@ -93,6 +100,10 @@ class RunFolder:
 
     def evaluation(self, split: str) -> Path:
         return self.root / "evaluate" / f"{split}.json"
+
+    def revision_evaluation(self, split: str) -> Path:
+        """The exported model revising the split's corrupted drafts (pipeline.evaluate.evaluate_revision)."""
+        return self.root / "evaluate" / f"revision-{split}.json"
 
     def start_model(self, stage: str) -> Path:
         """The model a trained stage starts from (and, for DPO and GRPO, refers to): prefs and dpo start from SFT;

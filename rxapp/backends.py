@@ -19,6 +19,7 @@ from rxapp.modelinfo import (
     HF_METADATA,
     ModelMismatchError,
     check_metadata,
+    format_version,
     stop_threshold,
 )
 from rxapp.stepformat import encode_prompt
@@ -39,6 +40,7 @@ class Backend:
     format: FormatTokens  # the step format's tokens, checked at load: every herb one token
     n_ctx: int  # the longest token sequence the model takes
     stop_threshold: float = DEFAULT_STOP_THRESHOLD  # the model's own, from its metadata (rxapp.decoding.greedy_stop)
+    format_version: int  # the step format it was trained on (rxapp.stepformat.READABLE_FORMATS)
     load_s: float = 0.0
 
     def tokenize(self, text: str) -> list[int]:
@@ -103,6 +105,7 @@ class LlamaBackend(Backend):
             self.close()
             raise
         self.stop_threshold = stop_threshold(self.llm.metadata)
+        self.format_version = format_version(self.llm.metadata)
         self.eos = self.llm.token_eos()
         self.n_vocab = self.llm.n_vocab()
         self.n_ctx = self.llm.n_ctx()
@@ -147,6 +150,7 @@ class HFBackend(Backend):
         metadata = json.loads((path / HF_METADATA).read_text())
         check_metadata(metadata, str(path))
         self.stop_threshold = stop_threshold(metadata)
+        self.format_version = format_version(metadata)
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs: dict = {}

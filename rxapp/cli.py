@@ -10,7 +10,9 @@ from pathlib import Path
 
 from rxapp import DEFAULT_MODEL
 from rxapp.backends import QUANTIZATIONS
+from rxapp.draft import Draft, read_draft
 from rxapp.drugs import MedicationInputError
+from rxapp.formulas import FormulaInputError
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.safety import DoseError, Patient, check_safety_weight, interaction_summary, parse_doses, rules
 from rxapp.stepper import StepperConfig
@@ -23,10 +25,13 @@ def drugs_json(patient: Patient) -> dict:
             "unchecked_drugs": [{"text": text, "suggestions": list(hint)} for text, hint in patient.unchecked_drugs]}
 
 
-def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg, medications: str | list[str] = ""
-                        ) -> dict:
-    """One case, run through the stepper, as the JSON the CLI prints."""
-    from rxapp.stepper import Recommendation, recommend
+STEP_VERBS = {"draft": "初稿", "add": "加", "remove": "减"}  # how each kind of step is printed
+
+
+def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg, medications: str | list[str] = "",
+                        draft: Draft | None = None) -> dict:
+    """One case, run through the stepper (revising `draft` when given), as the JSON the CLI prints."""
+    from rxapp.stepper import DraftCheck, recommend
 
     parsed = vocab().parse_symptoms(text)
     if not parsed.symptoms:
@@ -34,15 +39,20 @@ def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg, medica
                                 + (f" (unrecognised: {'、'.join(parsed.unrecognised[:5])})" if parsed.unrecognised
                                    else ""))
     patient = Patient.from_input(pregnant, medications)
-    final = next(e for e in recommend(backend, parsed.symptoms, patient, cfg) if isinstance(e, Recommendation))
+    events = list(recommend(backend, parsed.symptoms, patient, cfg, draft))
+    final = events[-1]
+    checked = next((e for e in events if isinstance(e, DraftCheck)), None)
     return {
         "id": case_id, "symptoms": final.symptoms, "unrecognised": parsed.unrecognised, "pregnant": pregnant,
         **drugs_json(patient), "analysis": final.analysis,
+        "draft": draft.to_dict() if draft else None,
+        "draft_warnings": [w.to_dict() for w in checked.warnings] if checked else [],
         "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "name": s.name, "explanation": s.explanation,
                    "facts": s.facts.summary() if s.facts else None, "probability": round(s.probability, 4),
                    "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
         "summary": final.summary, "interactions": interaction_summary(final.warnings),
         "formula": final.formula.describe() if final.formula else None,
+        "formula_match": final.formula.to_dict() if final.formula else None,
         "warnings": [w.to_dict() for w in final.warnings], "ranking": final.ranking,
     }
 
@@ -53,11 +63,14 @@ def run_recommend(args: argparse.Namespace) -> int:
 
     cfg = StepperConfig(screen_weight=args.screen_weight, temperature=args.temperature, top_p=args.top_p,
                         seed=args.seed)
+    if args.batch is not None and (args.start or args.formula):
+        raise HerbInputError('--start and --formula revise one case; in a batch, give "start" or "formula" per line')
+    draft = read_draft(args.start, args.formula)  # a bad name is reported before the model loads
     with load_backend(args.model, args.backend, n_gpu_layers=args.n_gpu_layers,
                       quantization=args.quantization) as backend:
         warm_up()
         if args.batch is None:
-            out = recommendation_json(None, args.symptoms, args.pregnant, backend, cfg, args.drugs)
+            out = recommendation_json(None, args.symptoms, args.pregnant, backend, cfg, args.drugs, draft)
             if args.json:
                 print(json.dumps(out, ensure_ascii=False, indent=2))
             else:
@@ -75,13 +88,17 @@ def run_batch(batch: Path, backend, cfg: StepperConfig) -> int:
         case = None
         try:
             case = json.loads(line)
-            drugs = case.get("drugs", [])
+            drugs, start, formula = case.get("drugs", []), case.get("start", []), case.get("formula")
             if not isinstance(drugs, (str, list)) or not all(isinstance(d, str) for d in drugs):
                 raise TypeError('"drugs" must be a list of medication names')
+            if not isinstance(start, (str, list)) or not all(isinstance(h, str) for h in start):
+                raise TypeError('"start" must be a list of herb names')
+            if formula is not None and not isinstance(formula, str):
+                raise TypeError('"formula" must be a formula name')
             out = recommendation_json(case.get("id", number), str(case["symptoms"]), bool(case.get("pregnant")),
-                                      backend, cfg, drugs)
+                                      backend, cfg, drugs, read_draft(start, formula))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, SymptomInputError,
-                MedicationInputError) as e:
+                MedicationInputError, HerbInputError, FormulaInputError, ModelMismatchError) as e:
             failed += 1  # one bad line is reported in its place; the batch goes on
             out = {"id": case.get("id", number) if isinstance(case, dict) else number, "line": number,
                    "error": f"{type(e).__name__}: {e}"}
@@ -92,16 +109,24 @@ def run_batch(batch: Path, backend, cfg: StepperConfig) -> int:
 def print_recommendation(out: dict) -> None:
     print("症状: " + "、".join(out["symptoms"]) + ("  (孕妇)" if out["pregnant"] else ""))
     print_drugs(out)
+    if out["draft"]:
+        draft = out["draft"]
+        print(f"初稿{'（' + draft['formula'] + '）' if draft['formula'] else ''}: " + "、".join(draft["herbs"])
+              + "".join(f"  未核查: {u}" for u in draft["unknown"]))
+        for w in out["draft_warnings"]:
+            print(f"   [{w['severity']}] {w['message']}")
     print(out["analysis"])
     for step in out["steps"]:
-        print(f"{step['index']}. 加 {step['name']}：{step['explanation']}")
+        print(f"{step['index']}. {STEP_VERBS[step['action']]} {step['name']}：{step['explanation']}")
         for w in step["warnings"]:
-            print(f"   [{w['severity']}] {w['message']}")
+            print(f"   [{w['severity']}] " + ("解除: " if step["action"] == "remove" else "") + w["message"])
     print("方解: " + out["summary"])
     if out["interactions"]:
         print("与所服西药: " + out["interactions"])
-    if out["formula"]:
-        print(out["formula"])
+    if out["formula_match"]:
+        print(out["formula"] + "  " + out["formula_match"]["modification"])
+    else:
+        print("类方：未见相近的经典方。")
     print("排序: " + " ".join(vocab().display_name(h) for h in out["ranking"][:20]))
     print("本工具仅供执业中医师参考，不能替代临床判断。")
 
@@ -175,12 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recommend", help="build a prescription step by step from symptoms")
     what = rec.add_mutually_exclusive_group(required=True)
     what.add_argument("--symptoms", help="free Chinese text, e.g. '咳嗽 恶寒'")
-    what.add_argument("--batch", type=Path, help='JSONL, one {"id", "symptoms", "pregnant", "drugs"} per line; '
-                      "one JSON line out per line in, in order")
+    what.add_argument("--batch", type=Path, help='JSONL, one {"id", "symptoms", "pregnant", "drugs", "start" or '
+                      '"formula"} per line; one JSON line out per line in, in order')
     rec.add_argument("--pregnant", action="store_true", help="apply the pregnancy rules")
     rec.add_argument("--drugs", nargs="+", default=[], metavar="DRUG",
                      help="the Western drugs the patient takes (English or Chinese generic name, class, or ATC "
                      "code), e.g. warfarin 地高辛")
+    draft = rec.add_mutually_exclusive_group()
+    draft.add_argument("--start", nargs="+", default=[], metavar="HERB",
+                       help="revise this draft with 加/减 steps instead of starting from nothing, e.g. 麻黄 桂枝 杏仁")
+    draft.add_argument("--formula", metavar="NAME", help="revise a classical formula, by name or pinyin, e.g. 麻黄汤")
     rec.add_argument("--screen-weight", type=safety_weight, default=StepperConfig.screen_weight,
                      help="logit cost per broken safety rule, the app's safety weight α (default %(default)g; "
                      "a finite number ≥ 0)")
@@ -215,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (SymptomInputError, HerbInputError, DoseError, MedicationInputError, ModelMismatchError, OSError,
-            RuntimeError) as e:
+    except (SymptomInputError, HerbInputError, DoseError, MedicationInputError, FormulaInputError,
+            ModelMismatchError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the user gets one readable line, never a traceback

@@ -23,8 +23,8 @@ import sqlite_utils
 VERDICTS = ("accept", "reject")
 # Columns of the exported preference records; free-text patient notes stay in the database (privacy).
 EXPORT_FIELDS = ("feedback_id", "session_id", "saved_at", "symptoms", "pregnant", "drugs", "unchecked_drugs",
-                 "age_group", "sex", "model_sha256", "settings", "response", "model_herbs", "accepted", "rejected",
-                 "final_herbs", "doses", "rating", "comment")
+                 "age_group", "sex", "model_sha256", "settings", "draft", "response", "model_herbs", "accepted",
+                 "rejected", "accepted_removals", "rejected_removals", "final_herbs", "doses", "rating", "comment")
 
 
 class StoreError(RuntimeError):
@@ -49,11 +49,12 @@ class SessionRecord:
     analysis: str
     response: str
     summary: str
-    steps: list[dict]  # index, herb, explanation, probability, warnings (dicts)
+    steps: list[dict]  # index, action (draft, add, remove), herb, explanation, probability, warnings (dicts)
     warnings: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
     drugs: list[str] = field(default_factory=list)  # the patient's Western drugs as recognised (generic names)
     unchecked_drugs: list[str] = field(default_factory=list)  # what was typed as a drug and not recognised
+    draft: dict | None = None  # the draft the model revised (rxapp.draft.Draft.to_dict); None when built from nothing
 
 
 def _now() -> str:
@@ -80,7 +81,15 @@ def _v2(db: sqlite_utils.Database) -> None:
     db["sessions"].add_column("unchecked_drugs", str, not_null_default="[]")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]  # MIGRATIONS[i] takes version i to i + 1
+def _v3(db: sqlite_utils.Database) -> None:
+    """Revisions: the draft a session started from, and each step's action (sessions and steps saved before were
+    built from nothing, every step an addition)."""
+    db["sessions"].add_column("draft", str)
+    db["sessions"].add_column("actions", str)  # the steps' actions, in the order of `herbs`
+    db["steps"].add_column("action", str, not_null_default="add")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]  # MIGRATIONS[i] takes version i to i + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -140,12 +149,13 @@ class FeedbackStore:
         session_id = uuid.uuid4().hex[:12]
         row = {k: v for k, v in record.__dict__.items() if k != "steps"}
         row |= {"id": session_id, "created_at": _now(), "pregnant": int(record.pregnant),
-                "herbs": [s["herb"] for s in record.steps]}
+                "herbs": [s["herb"] for s in record.steps], "actions": [s["action"] for s in record.steps]}
         with self._transaction() as db:
             db["sessions"].insert(_encode(row))
-            db["steps"].insert_all(_encode({"session_id": session_id, "idx": s["index"], "herb": s["herb"],
-                                            "explanation": s["explanation"], "probability": s["probability"],
-                                            "warnings": s["warnings"]}) for s in record.steps)
+            db["steps"].insert_all(_encode({"session_id": session_id, "idx": s["index"], "action": s["action"],
+                                            "herb": s["herb"], "explanation": s["explanation"],
+                                            "probability": s["probability"], "warnings": s["warnings"]})
+                                   for s in record.steps)
         return session_id
 
     def save_feedback(self, session_id: str, verdicts: dict[int, str], prescription: list[dict],
@@ -188,8 +198,8 @@ class FeedbackStore:
         db = self._connect()
         try:
             query = ("SELECT f.*, s.symptoms, s.pregnant, s.drugs, s.unchecked_drugs, s.age_group, s.sex, "
-                     "s.model_sha256, s.settings, s.response, s.herbs FROM feedback f JOIN sessions s "
-                     "ON s.id = f.session_id ORDER BY f.id DESC")
+                     "s.model_sha256, s.settings, s.draft, s.response, s.herbs, s.actions FROM feedback f "
+                     "JOIN sessions s ON s.id = f.session_id ORDER BY f.id DESC")
             for row in db.query(query):
                 record = _preference_record(_decode(row))
                 if min_rating is not None and (record["rating"] or 0) < min_rating:
@@ -213,7 +223,7 @@ def _reason(error: sqlite3.Error) -> str:
 
 
 JSON_COLUMNS = {"symptoms", "unrecognised", "settings", "herbs", "warnings", "verdicts", "prescription", "drugs",
-                "unchecked_drugs"}
+                "unchecked_drugs", "draft", "actions"}
 
 
 def _encode(row: dict) -> dict:
@@ -225,16 +235,26 @@ def _decode(row: dict) -> dict:
 
 
 def _preference_record(row: dict) -> dict:
-    steps = row["herbs"]
+    steps = list(zip(row["actions"] or ["add"] * len(row["herbs"]), row["herbs"], strict=True))
     verdict = {int(i): v for i, v in row["verdicts"].items()}
+
+    def judged(action: str, wanted: str) -> list[str]:
+        return [h for i, (a, h) in enumerate(steps, 1) if a == action and verdict.get(i) == wanted]
+
+    kept: dict[str, None] = {}
+    for action, herb in steps:
+        if action == "remove":
+            kept.pop(herb, None)
+        else:
+            kept[herb] = None
     return {
         "feedback_id": row["id"], "session_id": row["session_id"], "saved_at": row["saved_at"],
         "symptoms": row["symptoms"], "pregnant": bool(row["pregnant"]), "drugs": row["drugs"],
         "unchecked_drugs": row["unchecked_drugs"], "age_group": row["age_group"],
         "sex": row["sex"], "model_sha256": row["model_sha256"], "settings": row["settings"],
-        "response": row["response"], "model_herbs": steps,
-        "accepted": [h for i, h in enumerate(steps, 1) if verdict.get(i) == "accept"],
-        "rejected": [h for i, h in enumerate(steps, 1) if verdict.get(i) == "reject"],
+        "draft": row["draft"], "response": row["response"], "model_herbs": list(kept),
+        "accepted": judged("add", "accept"), "rejected": judged("add", "reject"),
+        "accepted_removals": judged("remove", "accept"), "rejected_removals": judged("remove", "reject"),
         "final_herbs": [p["herb"] for p in row["prescription"]],
         "doses": {p["herb"]: p["dose_g"] for p in row["prescription"] if p.get("dose_g") is not None},
         "rating": row["rating"], "comment": row["comment"],

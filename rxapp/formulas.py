@@ -1,10 +1,13 @@
 """Classical formulas (方剂) and the one a prescription resembles: the 120 compositions of
 assets/knowledge/classical_formulas.csv, each read in a cited classical text, matched with the lenient equivalences of
-formula_equivalents.csv (芍药 for 白芍, 甘草 for 炙甘草 …) and the vocabulary's one name per drug."""
+formula_equivalents.csv (芍药 for 白芍, 甘草 for 炙甘草 …) and the vocabulary's one name per drug; and a formula
+looked up by name, to start a revision from."""
 
 from __future__ import annotations
 
 import csv
+import difflib
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -28,6 +31,11 @@ class Formula:
     doses: tuple[str, ...]  # as written in the source (historical units, not converted), "" where it gives none
     not_in_vocab: tuple[str, ...]  # the source's herbs the vocabulary lacks (牡丹皮, 车前子 …)
     sources: tuple[str, ...]  # URLs of the texts the composition was read in
+    pinyin: str = ""
+
+
+class FormulaInputError(ValueError):
+    """A formula name that is not in the table; the message suggests the closest names."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,18 @@ class Resemblance:
     formula: Formula
     present: tuple[str, ...]  # the formula's herbs the prescription holds (or holds an equivalent of)
     missing: tuple[str, ...]  # the formula's vocabulary herbs it lacks
+    added: tuple[str, ...] = ()  # the prescription's herbs that stand for none of the formula's
+
+    def modification(self) -> str:
+        """The prescription as the formula modified (加减): `麻黄汤加减：+石膏 −杏仁`, or `麻黄汤原方`."""
+        changes = [*(f"+{h}" for h in self.added), *(f"−{h}" for h in self.missing)]
+        return f"{self.formula.name}加减：{' '.join(changes)}" if changes else f"{self.formula.name}原方"
+
+    def to_dict(self) -> dict:
+        f = self.formula
+        return {"formula": f.name, "source_book": f.source_book, "formula_herbs": list(f.herbs),
+                "present": list(self.present), "added": list(self.added), "removed": list(self.missing),
+                "not_in_vocab": list(f.not_in_vocab), "modification": self.modification(), "text": self.describe()}
 
     def describe(self) -> str:
         """One line for the practitioner: `类方：麻黄汤（《伤寒论》：麻黄、桂枝、炙甘草、杏仁），本方全含。`"""
@@ -68,7 +88,7 @@ def formulas() -> tuple[Formula, ...]:
                 raise ValueError(f"{FORMULAS_FILE}, line {reader.line_num}: {'、'.join(unknown)} not in the vocabulary")
             table.append(Formula(row["formula"], row["source_book"], _split(row["herbs"]),
                                  tuple(row["doses_as_written"].split(";")), _split(row["not_in_vocab"]),
-                                 _split(row["source_url"])))
+                                 _split(row["source_url"]), row["pinyin"]))
     return tuple(table)
 
 
@@ -79,6 +99,27 @@ def equivalents() -> dict[str, frozenset[str]]:
     with EQUIVALENTS_FILE.open(encoding="utf-8", newline="") as f:
         return {row["formula_herb"]: frozenset(v.identity(t) for t in _split(row["accepted_tokens"]))
                 for row in csv.DictReader(f)}
+
+
+def folded(name: str) -> str:
+    """A formula name or its pinyin as compared: without tone marks, spaces or case (má huáng tāng -> mahuangtang)."""
+    plain = "".join(c for c in unicodedata.normalize("NFD", name) if not unicodedata.combining(c))
+    return "".join(plain.split()).lower()
+
+
+def formula_named(name: str) -> Formula:
+    """The formula called `name`, in characters or pinyin (tone marks optional); FormulaInputError with the closest
+    names otherwise."""
+    wanted = folded(name)
+    if not wanted:
+        raise FormulaInputError("no formula name given")
+    for formula in formulas():
+        if wanted in (folded(formula.name), folded(formula.pinyin)):
+            return formula
+    names = [f.name for f in formulas()]
+    hints = [n for n in names if wanted in n] or difflib.get_close_matches(name.strip(), names, n=5, cutoff=0.4)
+    raise FormulaInputError(f"{name.strip()[:40]} is not one of the {len(names)} classical formulas in "
+                            f"{FORMULAS_FILE.name}" + (f" (是否指：{'、'.join(hints[:5])})" if hints else ""))
 
 
 def resembled(herbs: list[str]) -> Resemblance | None:
@@ -96,5 +137,6 @@ def resembled(herbs: list[str]) -> Resemblance | None:
         if len(missing) > gap_allowed or len(set(present) - COMMON_HERBS) < MIN_DISTINCTIVE:
             continue
         if best is None or (len(present), -len(missing)) > (len(best.present), -len(best.missing)):
-            best = Resemblance(formula, present, missing)
+            covered = set().union(*(ok for ok in accepted))
+            best = Resemblance(formula, present, missing, tuple(h for h in herbs if v.identity(h) not in covered))
     return best

@@ -9,7 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from rxapp.stepformat import FORMAT_VERSION
+from rxapp.stepformat import FORMAT_VERSION, READABLE_FORMATS
 from rxapp.vocab import vocab
 
 FORMAT_KEY = "rx.step_format_version"
@@ -29,6 +29,11 @@ def vocabulary_digest() -> str:
 
 def model_metadata(stop_threshold: float = DEFAULT_STOP_THRESHOLD) -> dict[str, str]:
     return {FORMAT_KEY: str(FORMAT_VERSION), VOCABULARY_KEY: vocabulary_digest(), STOP_KEY: f"{stop_threshold:g}"}
+
+
+def format_version(metadata: dict[str, str]) -> int:
+    """The step format a checked model was trained on."""
+    return int(metadata[FORMAT_KEY])
 
 
 def stop_threshold(metadata: dict[str, str]) -> float:
@@ -63,9 +68,9 @@ def check_metadata(metadata: dict[str, str], source: str) -> None:
     if FORMAT_KEY not in metadata or VOCABULARY_KEY not in metadata:
         raise ModelMismatchError(f"{source} is not an rx model: it carries no step-format or herb-vocabulary "
                                  "metadata (export it with `python -m pipeline export`)")
-    if metadata[FORMAT_KEY] != expected[FORMAT_KEY]:
+    if metadata[FORMAT_KEY] not in map(str, READABLE_FORMATS):
         raise ModelMismatchError(f"{source} writes step format v{metadata[FORMAT_KEY]}; this app reads "
-                                 f"v{expected[FORMAT_KEY]}")
+                                 + " and ".join(f"v{v}" for v in READABLE_FORMATS))
     if metadata[VOCABULARY_KEY] != expected[VOCABULARY_KEY]:
         raise ModelMismatchError(f"{source} was trained on another herb vocabulary than this app's "
                                  "(assets/vocab); retrain or use a matching app version")

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from rxapp.draft import Draft, read_draft
 from rxapp.drugs import MedicationInputError
 from rxapp.engine import Engine, LoadedModel, model_card
 from rxapp.feedback import FeedbackStore, SessionRecord, StoreError, export_records
+from rxapp.formulas import FormulaInputError
 from rxapp.safety import (
     SEVERITY_WORD,
     DoseError,
@@ -25,7 +27,7 @@ from rxapp.safety import (
     rules,
 )
 from rxapp.stepformat import NO_RECORD, render_analysis
-from rxapp.stepper import Recommendation, Step, StepperConfig
+from rxapp.stepper import DraftCheck, Recommendation, Step, StepperConfig
 from rxapp.stepper import recommend as recommend_steps
 from rxapp.vocab import SEPARATORS, HerbInputError, SymptomInputError, clean_text, split_herb_list, vocab
 
@@ -93,12 +95,40 @@ def parse_symptoms(text: str, picked: list[str] | None = None) -> str:
     return "".join(lines)
 
 
+STEP_STYLE = {  # (heading, card style): a draft's herb, the model's addition, the model's removal
+    "draft": ("初稿", "border:1px solid #d0d5dd;background:#f9fafb"),
+    "add": ("加", "border:1px solid #d0d5dd"),
+    "remove": ("减", "border:1px dashed #b42318;background:#fef3f2"),
+}
+
+
 def step_card(step: Step) -> str:
     facts = step.facts.summary() if step.facts else NO_RECORD
-    return (f'<div class="rx-step" style="border:1px solid #d0d5dd;border-radius:8px;padding:8px 12px;margin:6px 0">'
-            f"<b>第 {step.index} 步 · 加 {e(step.name)}</b> <small>（模型概率 {step.probability:.2f}）</small>"
+    verb, style = STEP_STYLE[step.action]
+    title = f"初稿 · {e(step.name)}" if step.action == "draft" else f"第 {step.index} 步 · {verb} {e(step.name)}"
+    resolved = "<p style='margin:4px 0'><small>减去此药，解除：</small></p>" if step.action == "remove" and (
+        step.warnings) else ""
+    return (f'<div class="rx-step" data-action="{step.action}" style="{style};border-radius:8px;padding:8px 12px;'
+            'margin:6px 0">'
+            f"<b>{title}</b> <small>（模型概率 {step.probability:.2f}）</small>"
             f"<p style='margin:4px 0'>{e(step.explanation)}</p><p style='margin:4px 0'><small>{e(facts)}</small></p>"
-            f"{warning_items(step.warnings)}</div>")
+            f"{resolved}{warning_items(step.warnings)}</div>")
+
+
+def draft_panel(draft: Draft, warnings: list) -> str:
+    """The draft as read, and its own safety check (shown before the model's first step)."""
+    unknown = f"；未识别（未核查）：{e('、'.join(draft.unknown))}" if draft.unknown else ""
+    merged = "；".join(f"{e(given)} 按 {e(herb)}" for given, herb in draft.merged)
+    return (f"<div class='rx-draft'><h3>初稿 · {e(draft.label)}</h3><p>{e('、'.join(draft.herbs) or '（无可用药名）')}"
+            f"{unknown}</p>{f'<p><small>{merged}</small></p>' if merged else ''}<p><b>初稿安全核查</b></p>"
+            f"{warning_html(warnings)}</div>")
+
+
+def formula_line(final: Recommendation) -> str:
+    """The classical formula the prescription resembles and how it modifies it, or that none is close."""
+    if final.formula is None:
+        return "<p class='rx-formula'>类方：未见相近的经典方。</p>"
+    return f"<p class='rx-formula'>{e(final.formula.describe())} {e(final.formula.modification())}</p>"
 
 
 def drugs_line(patient: Patient) -> str:
@@ -109,15 +139,19 @@ def drugs_line(patient: Patient) -> str:
 
 
 def recommendation_html(analysis: str, cards: list[str], final: Recommendation | None, note: str = "",
-                        patient: Patient | None = None) -> str:
+                        patient: Patient | None = None, draft: DraftCheck | None = None) -> str:
     patient = final.patient if final else patient or Patient()
-    parts = [f"<h3>症状分析</h3><p>{e(analysis)}</p>{drugs_line(patient)}<h3>处方 · 逐步</h3>", *cards]
+    if final and final.draft:
+        draft = DraftCheck(final.draft, final.draft_warnings)
+    panel = draft_panel(draft.draft, draft.warnings) if draft else ""
+    parts = [f"<h3>症状分析</h3><p>{e(analysis)}</p>{drugs_line(patient)}{panel}<h3>处方 · 逐步</h3>", *cards]
     if final is None:
         parts.append("<p><i>生成中…</i></p>")
     else:
-        rows = "".join(f"<tr><td>{s.index}</td><td>{e(s.name)}</td><td>{e(s.facts.summary(3) if s.facts else '')}"
-                       f"</td></tr>" for s in final.steps)
-        formula = f"<p>{e(final.formula.describe())}</p>" if final.formula else ""
+        kept = [s for s in final.steps if s.action != "remove" and s.herb in final.herbs]
+        rows = "".join(f"<tr><td>{i}</td><td>{e(s.name)}</td><td>{e(s.facts.summary(3) if s.facts else '')}"
+                       f"</td></tr>" for i, s in enumerate(kept, 1))
+        formula = formula_line(final)
         interacting = interaction_summary(final.warnings)
         interacting = f"<p class='rx-interactions'>与所服西药：{e(interacting)}</p>" if interacting else ""
         parts += [f"<h3>方解</h3><p>{e(final.summary or '（未加一味药，无方解）')}</p>{formula}{interacting}",
@@ -132,10 +166,11 @@ def session_record(final: Recommendation, text: str, unrecognised: list[str], pr
     return SessionRecord(
         text, final.symptoms, unrecognised, pregnant, age_group, sex, notes, str(model.path), model.sha256,
         model.kind, cfg.__dict__, final.analysis, final.text, final.summary,
-        [{"index": s.index, "herb": s.herb, "explanation": s.explanation, "probability": s.probability,
-          "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
+        [{"index": s.index, "action": s.action, "herb": s.herb, "explanation": s.explanation,
+          "probability": s.probability, "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
         [w.to_dict() for w in final.warnings], final.steps[-1].elapsed_s if final.steps else 0.0,
-        [d.name for d in final.patient.drugs], [text for text, _ in final.patient.unchecked_drugs])
+        [d.name for d in final.patient.drugs], [text for text, _ in final.patient.unchecked_drugs],
+        final.draft.to_dict() if final.draft else None)
 
 
 @dataclass(frozen=True)
@@ -159,13 +194,15 @@ def stepper_config(screen_weight, max_herbs, decoding, temperature, seed) -> Ste
 
 
 def recommend(engine: Engine, store: FeedbackStore, text, picked, pregnant, age_group, sex, notes, screen_weight,
-              max_herbs, decoding, temperature, seed, drugs=None) -> Iterator[PageUpdate]:
+              max_herbs, decoding, temperature, seed, drugs=None, start="", formula=None) -> Iterator[PageUpdate]:
     """The Recommend button: the page after each step, then the finished prescription saved as a session, with the
-    review form filled in for it. Input that names no known symptom, or no loaded model, gives one message."""
+    review form filled in for it; with a `start` herb list or a `formula`, the model revises that draft. Input that
+    names no known symptom, herb or formula, or no loaded model, gives one message."""
     try:
         parsed = vocab().parse_symptoms([text or "", *(picked or [])])
         patient = Patient.from_input(bool(pregnant), drugs or [])
-    except (SymptomInputError, MedicationInputError) as err:
+        draft = read_draft(start or "", formula)
+    except (SymptomInputError, MedicationInputError, HerbInputError, FormulaInputError) as err:
         yield PageUpdate(message(str(err)))
         return
     if not parsed.symptoms:
@@ -178,26 +215,30 @@ def recommend(engine: Engine, store: FeedbackStore, text, picked, pregnant, age_
             yield PageUpdate(message(engine.status() + "（安全核查与药物知识仍可使用）"))
             return
         model = engine.model
-        final, cards = yield from stream_steps(model, parsed.symptoms, patient, cfg)
+        final, cards = yield from stream_steps(model, parsed.symptoms, patient, cfg, draft)
     if final is not None:
         record = session_record(final, text or "", parsed.unrecognised, bool(pregnant), age_group, sex, notes or "",
                                 model, cfg)
         yield saved_update(store, record, final, cards, drugs or [])
 
 
-def stream_steps(model: LoadedModel, symptoms: list[str], patient: Patient,
-                 cfg: StepperConfig) -> Generator[PageUpdate, None, tuple[Recommendation | None, list[str]]]:
-    """The page after each step; returns the finished recommendation (None if the model failed) and its cards."""
-    analysis, cards, final = render_analysis(symptoms), [], None
+def stream_steps(model: LoadedModel, symptoms: list[str], patient: Patient, cfg: StepperConfig,
+                 draft: Draft | None = None) -> Generator[PageUpdate, None, tuple[Recommendation | None, list[str]]]:
+    """The page after each step (a draft's own check first); returns the finished recommendation (None if the model
+    failed) and its step cards."""
+    analysis, cards, final, checked = render_analysis(symptoms), [], None, None
     try:
-        for event in recommend_steps(model.backend, symptoms, patient, cfg):
-            if isinstance(event, Step):
-                cards.append(step_card(event))
-                yield PageUpdate(recommendation_html(analysis, cards, None, patient=patient))
-            else:
+        for event in recommend_steps(model.backend, symptoms, patient, cfg, draft):
+            if isinstance(event, Recommendation):
                 final = event
+                continue
+            if isinstance(event, DraftCheck):
+                checked = event
+            else:
+                cards.append(step_card(event))
+            yield PageUpdate(recommendation_html(analysis, cards, None, patient=patient, draft=checked))
     except (RuntimeError, ValueError) as err:
-        yield PageUpdate(recommendation_html(analysis, cards, None, f"生成失败 Failed: {err}", patient))
+        yield PageUpdate(recommendation_html(analysis, cards, None, f"生成失败 Failed: {err}", patient, checked))
         return None, cards
     return final, cards
 
@@ -211,7 +252,8 @@ def saved_update(store: FeedbackStore, record: SessionRecord, final: Recommendat
         session_id, note = "", f"会话未保存 Session not saved: {err}"
     prescription = "、".join(final.herbs)
     return PageUpdate(recommendation_html(final.analysis, cards, final, note), session_id,
-                      [f"{s.index} {s.herb}" for s in final.steps], prescription,
+                      [f"{s.index} {STEP_STYLE[s.action][0]} {s.herb}" for s in final.steps if s.action != "draft"],
+                      prescription,
                       recheck(prescription, final.patient.pregnant, drugs), "")
 
 

@@ -19,6 +19,10 @@ vocabulary herb, with a short explanation; the 【方解】 header is the decisi
 The 方解 is composed from the steps' own claims (`compose_summary`), so it names every prescribed herb once and no
 other; the model decides only when to stop.
 
+A draft to revise (a practitioner's list or a classical formula) is given as the first 加 lines of the response, as
+if the model had written them (the state is the list, as in FLAME); the model then removes (减麻黄：发汗，非本证所需)
+or adds herbs, and stops. Models of format 2 were trained to do so (`REVISION_FORMAT`).
+
 `parse_response` reads any prefix of a response (for streaming and step rewards) and never raises: a line that is
 not a valid step is kept and marked invalid, and leaves the herb list unchanged.
 """
@@ -31,16 +35,20 @@ from dataclasses import dataclass, field
 
 from rxapp.vocab import vocab
 
-FORMAT_VERSION = 1  # raise on any change a trained model would notice; model files carry it (rxapp/modelinfo.py)
+FORMAT_VERSION = 2  # raise on any change a trained model would notice; model files carry it (rxapp/modelinfo.py)
+READABLE_FORMATS = (1, 2)  # the app runs models of these formats; 1 only builds prescriptions from nothing
+REVISION_FORMAT = 2  # the first format trained on drafts to revise: 减 steps and their reasons
 ANALYSIS_HEADER, PRESCRIPTION_HEADER, SUMMARY_HEADER = "【症状分析】", "【处方】", "【方解】"
 SECTIONS = ("analysis", "prescription", "summary")
 ADD, REMOVE = "加", "减"
 ACTIONS = {ADD: "add", REMOVE: "remove"}
+EXPLANATION_MARK, ACTION_SEPARATOR = "：", "、"  # 加麻黄：发汗解表、宣肺平喘，…
 INDICATION, USAGE = "主治", "用于"  # the explanation's claims about a symptom: a KG indication, a training statistic
 NO_RECORD = "知识库暂无此药记录"  # an explanation with nothing to say claims nothing
+NOT_NEEDED = "非本证所需"  # a removal's reason: the herb's action is not what this presentation needs
 # Words the format itself writes; the domain tokenizer gives each one token.
 FORMAT_WORDS = ("症状", "孕妇", "是", "否", "症状分析", "处方", "方解", "主症", INDICATION, USAGE, ADD, REMOVE,
-                NO_RECORD)
+                NO_RECORD, NOT_NEEDED)
 
 STEP_LINE = re.compile(r"^(加|减)\s*([^：:\s]+)\s*(?:[：:]\s*(.*))?$")
 
@@ -54,7 +62,7 @@ class Claim:
 def render_explanation(effects: Sequence[str] = (), indication: str | None = None, usage: str | None = None) -> str:
     """<effect、effect>，主治<symptom> | 用于<symptom> — short, because a small model writes it at every step; the
     herb's 性味 and 归经 are shown from the knowledge base beside it."""
-    parts = ["、".join(effects)] if effects else []
+    parts = [ACTION_SEPARATOR.join(effects)] if effects else []
     if indication:
         parts.append(f"{INDICATION}{indication}")
     elif usage:
@@ -66,7 +74,7 @@ def explanation_claims(explanation: str) -> list[Claim]:
     """The checkable claims of an explanation written in the render_explanation form."""
     claims = []
     for part in explanation.strip().rstrip("。").split("，"):
-        if part == NO_RECORD or not part:
+        if part in (NO_RECORD, NOT_NEEDED) or not part:
             continue
         if part.startswith(INDICATION):
             claims.append(Claim("indication", part.removeprefix(INDICATION)))
@@ -75,6 +83,11 @@ def explanation_claims(explanation: str) -> list[Claim]:
         else:
             claims += [Claim("effect", e) for e in part.split("、") if e]
     return claims
+
+
+def render_removal(actions: Sequence[str] = ()) -> str:
+    """Why a draft's herb goes: its action, which this presentation does not need (<effect>，非本证所需)."""
+    return "，".join([*(["、".join(actions)] if actions else []), NOT_NEEDED])
 
 
 def render_prompt(symptoms: Sequence[str], pregnant: bool = False) -> str:
@@ -89,7 +102,7 @@ def render_analysis(symptoms: Sequence[str]) -> str:
 
 def render_step(herb: str, explanation: str, action: str = "add") -> str:
     verb = ADD if action == "add" else REMOVE
-    return f"{verb}{herb}：{explanation}\n"
+    return f"{verb}{herb}{EXPLANATION_MARK}{explanation}\n"
 
 
 def steps_prefix(analysis: str) -> str:
@@ -115,10 +128,26 @@ def compose_summary(steps: Sequence[tuple[str, str]]) -> str:
     return text + "。" if text else ""
 
 
+def revised(moves: Sequence[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """The (herb, explanation) of each herb left after (action, herb, explanation) moves, in the order added."""
+    kept: dict[str, str] = {}
+    for action, herb, explanation in moves:
+        if action == "add":
+            kept[herb] = explanation
+        else:
+            kept.pop(herb)
+    return list(kept.items())
+
+
+def render_moves(analysis: str, moves: Sequence[tuple[str, str, str]]) -> str:
+    """A whole response from its analysis and (action, herb, explanation) moves, with the 方解 of what they leave."""
+    return (steps_prefix(analysis) + "".join(render_step(h, e, a) for a, h, e in moves)
+            + f"{SUMMARY_HEADER}\n{compose_summary(revised(moves))}\n")
+
+
 def render_response(analysis: str, steps: Sequence[tuple[str, str]]) -> str:
     """A whole response from its analysis and (herb, explanation) additions, with their composed 方解."""
-    return (steps_prefix(analysis) + "".join(render_step(h, e) for h, e in steps)
-            + f"{SUMMARY_HEADER}\n{compose_summary(steps)}\n")
+    return render_moves(analysis, [("add", h, e) for h, e in steps])
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:

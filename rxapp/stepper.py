@@ -10,7 +10,12 @@ that would name a drug of the list again (附子 beside 白附子) is never adde
 explanation (its 主治/用于 claims can only name this patient's symptoms) and decides whether to add another herb or
 stop. The 方解 is composed from the steps' claims (rxapp.stepformat.compose_summary), not decoded: it names every
 herb once and no other, on every backend. The classical formula the prescription resembles, if any, is named
-beside it (rxapp.formulas).
+beside it (rxapp.formulas), with the herbs added and removed against it.
+
+Revising a draft (rxapp.draft: a practitioner's herbs or a classical formula): the draft's herbs are written as the
+first 加 steps, each explained by the model as it explains its own, and checked at once (the `Draft` event comes
+first). Then at each step boundary the model adds (加) a herb not in the list, removes (减) one of the list, or
+stops; a removed herb is never added again. Only models trained on drafts revise them (REVISION_FORMAT).
 """
 
 from __future__ import annotations
@@ -25,11 +30,21 @@ import numpy as np
 
 from rxapp.backends import Backend
 from rxapp.decoding import claim_targets, greedy_stop, stop_probability
+from rxapp.draft import Draft, DraftInputError
 from rxapp.formulas import Resemblance, resembled
 from rxapp.knowledge import HerbFacts, knowledge
+from rxapp.modelinfo import ModelMismatchError
 from rxapp.ranking import rank_herbs
 from rxapp.safety import Patient, SafetyWarning, check_safety_weight, rules, warnings_cost
-from rxapp.stepformat import SUMMARY_HEADER, compose_summary, render_analysis, render_prompt, steps_prefix
+from rxapp.stepformat import (
+    REVISION_FORMAT,
+    SUMMARY_HEADER,
+    compose_summary,
+    render_analysis,
+    render_prompt,
+    revised,
+    steps_prefix,
+)
 from rxapp.vocab import vocab
 
 
@@ -50,14 +65,22 @@ class StepperConfig:
 @dataclass
 class Step:
     index: int  # 1-based
-    action: str  # "add"
+    action: str  # "draft" (a herb of the draft, explained), "add" or "remove"
     herb: str  # the vocabulary herb (what the model wrote, what feedback and training keep)
     name: str  # how it is shown: its drug's one name, an inferred identity marked as such (Vocab.display_name)
     explanation: str
     facts: HerbFacts | None
-    warnings: list[SafetyWarning]  # what adding this herb to the steps before brings (all rules, all severities)
-    probability: float  # the model's probability of this herb at this step, after the safety penalties
+    warnings: list[SafetyWarning]  # adding: what it brings to the list before (all rules); removing: what it ends
+    probability: float  # the model's probability of this herb here (after the safety penalties when it adds)
     elapsed_s: float  # since the recommendation started
+
+
+@dataclass
+class DraftCheck:
+    """The draft a revision starts from, checked before the model's first step."""
+
+    draft: Draft
+    warnings: list[SafetyWarning]  # the draft's own, with its names that are no vocabulary herb, most severe first
 
 
 @dataclass
@@ -65,6 +88,8 @@ class Recommendation:
     symptoms: list[str]
     patient: Patient  # pregnancy and the Western drugs the screen and the warnings took into account
     analysis: str
+    draft: Draft | None = None  # the list the revision started from; None when built from nothing
+    draft_warnings: list[SafetyWarning] = field(default_factory=list)  # the draft's own check (DraftCheck)
     steps: list[Step] = field(default_factory=list)
     summary: str = ""
     formula: Resemblance | None = None  # the classical formula the prescription resembles (rxapp.formulas)
@@ -80,7 +105,12 @@ class Recommendation:
 
     @property
     def herbs(self) -> list[str]:
-        return [s.herb for s in self.steps]
+        """The prescription the steps leave, in the order added."""
+        return [h for h, _ in self.kept()]
+
+    def kept(self) -> list[tuple[str, str]]:
+        """(herb, explanation) of each herb the steps leave."""
+        return revised([("remove" if s.action == "remove" else "add", s.herb, s.explanation) for s in self.steps])
 
 
 def warm_up() -> None:
@@ -171,59 +201,91 @@ def free_text(backend: Backend, ids: list[int], stop: set[int], limit: int, cfg:
 
 
 def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None = None,
-              cfg: StepperConfig | None = None) -> Iterator[Step | Recommendation]:
-    """Yield each Step as it is made, then the whole Recommendation. The model reads the symptoms and pregnancy;
-    the patient's Western drugs act through the safety screen and the warnings."""
+              cfg: StepperConfig | None = None, draft: Draft | None = None
+              ) -> Iterator[DraftCheck | Step | Recommendation]:
+    """Yield the checked draft (when revising one), each Step as it is made, then the whole Recommendation. The
+    model reads the symptoms and pregnancy; the patient's Western drugs act through the safety screen and the
+    warnings."""
     cfg, patient = cfg or StepperConfig(), patient or Patient()
+    if draft is not None and backend.format_version < REVISION_FORMAT:
+        raise ModelMismatchError(f"this model was trained on step format v{backend.format_version}, which builds "
+                                 f"prescriptions from nothing; revising a draft or a formula needs a model of format "
+                                 f"v{REVISION_FORMAT} (retrain with `python -m pipeline run`)")
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
     fmt = backend.format
+    herb_tokens = list(fmt.herbs)
     analysis = render_analysis(symptoms)
     head = steps_prefix(analysis)
     ids = backend.prompt_ids(render_prompt(symptoms, patient.pregnant)) + backend.tokenize(head)
     start = len(ids)
-    result = Recommendation(list(symptoms), patient, analysis)
+    result = Recommendation(list(symptoms), patient, analysis, draft)
     first_scores, stop_probabilities = None, []
     tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
-    while True:  # ids end with a newline: another step, or stop
-        allowed = fmt.allowed(ids[start:], cfg.max_herbs)
-        if result.steps and len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
-            allowed = [fmt.stop]  # no room for another step (加, the herb, its explanation) in the model's context
-        if len(allowed) == 1:
-            marker = allowed[0]
-        elif cfg.temperature > 0:
-            marker = choose(backend.logits(ids), allowed, cfg, rng)[0]
-        else:
-            logits = backend.logits(ids)
-            stop_probabilities.append(stop_probability(logits[fmt.add], logits[fmt.stop]))
-            marker = fmt.stop if greedy_stop(stop_probabilities, backend.stop_threshold) else fmt.add
-        if marker == fmt.stop:
-            break
-        ids.append(marker)
-        herb_logits = pool_names(backend.logits(ids)[list(fmt.herbs)])
-        if first_scores is None:
-            first_scores = herb_logits - np.logaddexp.reduce(herb_logits)
-        cost = addition_costs(result.herbs, patient, cfg)
-        if not np.isfinite(cost - herb_logits).any():
-            ids.pop()  # every remaining herb is forbidden: stop here
-            break
-        pick, p = choose(herb_logits, None, cfg, rng, cost)
-        ids.append(fmt.herbs[pick])
-        herb = vocab().herbs[pick]
+
+    def step(action: str, herb: str, probability: float) -> Step:
+        """Write the step's marker and herb, let the model explain it, and keep it."""
+        before = result.herbs
+        ids.extend([fmt.remove if action == "remove" else fmt.add, fmt.herbs[vocab().herb_id[herb]]])
         explanation = free_text(backend, ids, {fmt.newline, backend.eos}, cfg.max_explanation_tokens, cfg, rng,
                                 claim_targets(tokenize, herb, symptoms), banned=[fmt.stop])
         if explanation[-1] != fmt.newline:  # cut short: the step line still ends here
             explanation = [t for t in explanation if t != backend.eos] + [fmt.newline]
-        ids += explanation
+        ids.extend(explanation)
         text = backend.detokenize(explanation).strip().lstrip("：:").strip()
-        step = Step(len(result.steps) + 1, "add", herb, vocab().display_name(herb), text, knowledge().get(herb),
-                    rules().check_addition(result.herbs, herb, patient), p, time.perf_counter() - started)
-        result.steps.append(step)
-        yield step
-    result.summary = compose_summary([(s.herb, s.explanation) for s in result.steps])
+        warnings = ([w for w in rules().check_prescription(before, patient) if herb in w.herbs]
+                    if action == "remove" else rules().check_addition(before, herb, patient))
+        made = Step(len(result.steps) + 1, action, herb, vocab().display_name(herb), text, knowledge().get(herb),
+                    warnings, probability, time.perf_counter() - started)
+        result.steps.append(made)
+        return made
+
+    if draft is not None:
+        result.draft_warnings = rules().check_prescription([*draft.herbs, *draft.unknown], patient)
+        yield DraftCheck(draft, result.draft_warnings)
+        for herb in draft.herbs:
+            if len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
+                raise DraftInputError(f"the draft is too long for this model's context ({backend.n_ctx} tokens)")
+            scores = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
+            yield step("draft", herb, float(np.exp(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))))
+    while True:  # ids end with a newline: another step, or stop
+        allowed = fmt.allowed(ids[start:], cfg.max_herbs, revising=draft is not None)
+        if result.steps and len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
+            allowed = [fmt.stop]  # no room for another step (加, the herb, its explanation) in the model's context
+        pooled = None  # the pooled herb logits after 加 here, once asked for
+        if first_scores is None and fmt.add in allowed:  # the ranking: every herb, at the first decision
+            pooled = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
+            first_scores = pooled - np.logaddexp.reduce(pooled)
+        moves = [m for m in allowed if m != fmt.stop]
+        if len(allowed) == 1:
+            marker = allowed[0]
+        elif cfg.temperature > 0:
+            marker = choose(backend.logits(ids), allowed, cfg, rng)[0]
+        else:  # stop by the model's threshold rule; else its likelier move
+            logits = backend.logits(ids)
+            stop_probabilities.append(stop_probability(np.logaddexp.reduce(logits[moves]), logits[fmt.stop]))
+            marker = fmt.stop if greedy_stop(stop_probabilities, backend.stop_threshold) else max(
+                moves, key=lambda m: logits[m])
+        if marker == fmt.stop:
+            break
+        held = result.herbs
+        if marker == fmt.remove:
+            cost = np.full(len(herb_tokens), math.inf)
+            cost[[vocab().herb_id[h] for h in held]] = 0.0
+            pick, p = choose(backend.logits([*ids, fmt.remove])[herb_tokens], None, cfg, rng, cost)
+            yield step("remove", vocab().herbs[pick], p)
+            continue
+        herb_logits = pooled if pooled is not None else pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
+        cost = addition_costs(held, patient, cfg)
+        cost[[vocab().herb_id[s.herb] for s in result.steps if s.action == "remove"]] = math.inf
+        if not np.isfinite(cost - herb_logits).any():
+            break  # every remaining herb is forbidden: stop here
+        pick, p = choose(herb_logits, None, cfg, rng, cost)
+        yield step("add", vocab().herbs[pick], p)
+    result.summary = compose_summary(result.kept())
     result.formula = resembled(result.herbs)
     result.text = head + backend.detokenize(ids[start:]) + f"{SUMMARY_HEADER}\n{result.summary}\n"
     result.prompt_ids, result.response_ids = ids[:start], ids[start:]
-    result.warnings = rules().check_prescription(result.herbs, patient)
+    result.warnings = rules().check_prescription([*result.herbs, *(draft.unknown if draft else ())], patient)
     result.ranking = rank_herbs(first_scores if first_scores is not None else np.zeros(len(fmt.herbs)))
     yield result

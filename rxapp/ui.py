@@ -14,6 +14,7 @@ from rxapp.backends import QUANTIZATIONS
 from rxapp.drugs import drug_vocab, interactions
 from rxapp.engine import BACKENDS, DEVICES, Engine, model_card
 from rxapp.feedback import FeedbackStore
+from rxapp.formulas import formulas
 from rxapp.page import DECODING, FEEDBACK_COLUMNS, check_prescription, parse_symptoms, recheck
 from rxapp.safety import SEVERITIES, rules
 from rxapp.stepper import StepperConfig, warm_up
@@ -79,6 +80,11 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
                     picked = gr.Dropdown(vocab().symptoms, multiselect=True, filterable=True,
                                          label="或从症状词表中选择（可搜索）Pick from the vocabulary")
                     recognised = gr.HTML()
+                    with gr.Accordion("从初稿或经典方开始 Start from a draft or a classical formula", open=False):
+                        formula = gr.Dropdown([f.name for f in formulas()], value=None, filterable=True,
+                                              label="经典方 Classical formula（可搜索）", elem_id="rx-formula")
+                        start = gr.Textbox(label="或自拟初稿 Or your draft（药名，用顿号或空格分隔）",
+                                           placeholder="麻黄、桂枝、杏仁、炙甘草", elem_id="rx-start")
                 with gr.Column(scale=2):
                     pregnant = gr.Checkbox(label="孕妇 Pregnant")
                     drugs = medications_field("rx-drugs")
@@ -112,7 +118,7 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
             gr.on([text.change, picked.change], parse_symptoms, [text, picked], recognised, api_name="recognise",
                   api_visibility="undocumented")
             go.click(run, [text, picked, pregnant, age_group, sex, notes, screen_weight, max_herbs, decoding,
-                           temperature, seed, drugs],
+                           temperature, seed, drugs, start, formula],
                      [output, session_id, accepted, rejected, prescription, prescription_safety, save_status],
                      api_name="recommend", concurrency_id="model", concurrency_limit=1)
             gr.on([prescription.change, pregnant.change, drugs.change], recheck, [prescription, pregnant, drugs],

@@ -23,8 +23,9 @@ Jaccard is the accuracy term, as in FLAME. The safety cost is rx's one definitio
 decoding screen charges. It is a sum, not FLAME's pairwise rate: one pair among 12 herbs is a rate of 1/66, less than
 one right herb earns in Jaccard, so the rate could not teach the policy to avoid pairs. Rollouts are not screened by
 default (grpo.screen_weight 0): a screened rollout never meets a pair, so the model could not learn to avoid one.
-The stepper cannot remove a herb yet, so neither can the policy: from a corrupted list it learns what to add and
-when to stop. Under torchrun each process draws its own states and the gradients are averaged before each step.
+The policy adds and stops only: from a corrupted list it learns what to add and when to stop; removing (减) is
+learnt in SFT, from the revision examples (pipeline.data.revision). Under torchrun each process draws its own
+states and the gradients are averaged before each step.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from tqdm import tqdm
 from pipeline.config import GrpoConfig, PipelineConfig
 from pipeline.data.baselines import CoOccurrence, rank
 from pipeline.data.records import Record, load_split
+from pipeline.data.revision import corrupt
 from pipeline.data.teacher import TrainStats, explain
 from pipeline.metrics import jaccard
 from pipeline.model.llm import load_trained, lora_adapters
@@ -128,13 +130,9 @@ def by_rollout(values: torch.Tensor, rollouts: Sequence[Rollout]) -> torch.Tenso
 
 def corrupted_truth(truth: Sequence[str], candidates: Sequence[str], missing: Sequence[int], extra: Sequence[int],
                     rng: random.Random) -> tuple[str, ...]:
-    """The truth with herbs dropped and plausible wrong herbs (the best-ranked `candidates` outside the truth)
-    added, the counts drawn from the starting model's measured errors."""
-    kept = list(truth)
-    rng.shuffle(kept)
-    kept = kept[: max(0, len(kept) - rng.choice(missing))]
-    wrong = [h for h in candidates if h not in truth][: 3 * max(extra)]
-    return tuple(kept + rng.sample(wrong, min(len(wrong), rng.choice(extra))))
+    """The truth with herbs dropped and plausible wrong herbs added (pipeline.data.revision.corrupt), the counts
+    drawn from the starting model's measured errors."""
+    return corrupt(truth, candidates, rng.choice(missing), rng.choice(extra), rng).draft
 
 
 def state_prefix(state: State, stats: TrainStats) -> tuple[str, str]:

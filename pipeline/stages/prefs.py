@@ -10,9 +10,10 @@ Jaccard. The rule:
 
 Clinician feedback (the app's SQLite file, or its JSONL export):
 - pair: the clinician's final prescription (chosen, teacher-written) against the response the app showed
-  (rejected), when the two herb lists differ;
-- unpaired (KTO): each accepted step (desirable) or rejected step (undesirable) as the shown response up to that
-  step; a rating of 4–5 or 1–2 marks the whole shown response desirable or undesirable.
+  (rejected), when the two herb lists differ and the model built it from nothing (a revision's response holds the
+  practitioner's draft, which the model did not choose);
+- unpaired (KTO): each accepted step (desirable) or rejected step (undesirable), an addition or a removal, as the
+  shown response up to that step; a rating of 4–5 or 1–2 marks the whole shown response desirable or undesirable.
 
 Every record keeps its provenance (the training case, or the session and feedback ids); duplicates are dropped.
 """
@@ -92,14 +93,14 @@ def read_feedback(path: Path) -> list[dict]:
     return list(FeedbackStore(path).preference_records())
 
 
-def response_through_step(response: str, herb: str) -> str:
-    """The shown response cut after the step that added `herb`."""
+def response_through_step(response: str, herb: str, action: str = "add") -> str:
+    """The shown response cut after the step that added (or removed) `herb`."""
     end = 0
     for step in parse_response(response).steps:
         end = response.index(step.line, end) + len(step.line) + 1
-        if step.herb == herb:
+        if step.herb == herb and step.action == action:
             return response[:end]
-    raise ValueError(f"no step of this response adds {herb}")
+    raise ValueError(f"no step of this response {'adds' if action == 'add' else 'removes'} {herb}")
 
 
 def feedback_preferences(records: Iterable[dict], stats: TrainStats) -> tuple[list[dict], list[dict]]:
@@ -116,14 +117,16 @@ def feedback_preferences(records: Iterable[dict], stats: TrainStats) -> tuple[li
         prompt = render_prompt(r["symptoms"], r["pregnant"])
         shown = r["response"]
         final = list(dict.fromkeys(h for h in r["final_herbs"] if h))
-        if final and final != r["model_herbs"]:
+        if final and final != r["model_herbs"] and not r.get("draft"):
             _, chosen = chosen_response(r["symptoms"], final, stats, r["pregnant"])
             keep({"prompt": prompt, "chosen": chosen, "rejected": shown, **origin}, pairs, (prompt, chosen, shown))
-        for herbs, label in ((r["accepted"], True), (r["rejected"], False)):
+        judged = ((r["accepted"], "add", True), (r["rejected"], "add", False),
+                  (r.get("accepted_removals", []), "remove", True), (r.get("rejected_removals", []), "remove", False))
+        for herbs, action, label in judged:
             for herb in herbs:
-                completion = response_through_step(shown, herb)
-                keep({"prompt": prompt, "completion": completion, "label": label, "step_herb": herb, **origin},
-                     unpaired, (prompt, completion, label))
+                completion = response_through_step(shown, herb, action)
+                keep({"prompt": prompt, "completion": completion, "label": label, "step_herb": herb,
+                      "step_action": action, **origin}, unpaired, (prompt, completion, label))
         if r["rating"] in (1, 2, 4, 5):
             label = r["rating"] >= 4
             keep({"prompt": prompt, "completion": shown, "label": label, "rating": r["rating"], **origin}, unpaired,

@@ -5,7 +5,8 @@ Loss is on the response only; with `herb_targets: set` each herb step is trained
 `first_step_passes` adds cheap first-step-only copies of the records (see `first_step_examples`). After the main
 epochs, `ranking_passes` train on first-step copies alone under a second, lower cosine schedule (`lr_factor`): the
 ranking phase. Model selection uses the validation F1@10 of the first-step herb ranking, the metric the model is
-for; validation loss is logged beside it.
+for; validation loss is logged beside it. Each main epoch also trains on `revision_share` of the training records'
+revision examples (pipeline.data.revision), drawn afresh: the draft's lines are given, not trained.
 """
 
 from __future__ import annotations
@@ -73,11 +74,12 @@ def shuffled_response(example: dict, rng: random.Random) -> str:
 
 
 def encode(tokenizer, prompt: str, response: str, max_length: int, herb_ids: set[int] | None = None,
-           teacher: np.ndarray | None = None) -> Example:
-    """Token ids and labels (loss on the response only). With `herb_ids`, each herb step also records the herbs
-    of the prescription not yet added there, the order-free target of that step."""
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    response_ids = [*tokenizer.encode(response, add_special_tokens=False), tokenizer.eos_token_id]
+           teacher: np.ndarray | None = None, given: str = "") -> Example:
+    """Token ids and labels (loss on the response only, after its `given` beginning: a revision's draft). With
+    `herb_ids`, each herb step also records the herbs of the prescription not yet added there, the order-free target
+    of that step."""
+    prompt_ids = encode_prompt(tokenizer, prompt) + tokenizer.encode(given, add_special_tokens=False)
+    response_ids = [*tokenizer.encode(response.removeprefix(given), add_special_tokens=False), tokenizer.eos_token_id]
     ids = (prompt_ids + response_ids)[:max_length]
     example = Example(ids, ([IGNORE] * len(prompt_ids) + response_ids)[:max_length], teacher=teacher)
     if herb_ids:
@@ -86,6 +88,14 @@ def encode(tokenizer, prompt: str, response: str, max_length: int, herb_ids: set
         herbs = [ids[i] for i in positions]
         example.herb_steps = [(p, herbs[k:]) for k, p in enumerate(positions)]
     return example
+
+
+def revision_examples(tokenizer, revisions: list[dict], count: int, cfg: PipelineConfig, order_free: set[int] | None,
+                       rng: random.Random) -> list[Example]:
+    """`count` revision examples drawn from `revisions`, encoded with their drafts given. They have no teacher
+    distribution: it would spread a herb step's target over the draft's herbs, already in the list."""
+    return [encode(tokenizer, e["prompt"], e["response"], cfg.model.max_length, order_free, None, e["given"])
+            for e in rng.sample(revisions, min(count, len(revisions)))]
 
 
 def teacher_priors(teacher: CoOccurrence | None, examples: list[dict]) -> list[np.ndarray | None]:
@@ -210,6 +220,8 @@ def train_sft(cfg: PipelineConfig, run_folder: RunFolder, resume: bool = False) 
     sft = cfg.sft
     model, tokenizer = load_model(cfg.model, device)
     train = read_jsonl(run_folder.examples("train"))[: sft.max_train]
+    revisions = read_jsonl(run_folder.revisions())[: sft.max_train] if sft.revision_share else []
+    revision_count = round(sft.revision_share * len(revisions))
     validation = read_jsonl(run_folder.examples("validation"))[: sft.max_validation]
     out_dir = run_folder.stage("sft")
     wrapped = DistributedDataParallel(model) if world > 1 else model
@@ -221,7 +233,7 @@ def train_sft(cfg: PipelineConfig, run_folder: RunFolder, resume: bool = False) 
         raise ValueError("sft.first_step_passes and sft.ranking_passes need herb_targets: set")
     herb_token = dict(zip(vocab().herbs, herb_ids.tolist(), strict=True))
 
-    main_steps = math.ceil(len(train) * (1 + sft.first_step_passes) / (sft.batch_size * world))
+    main_steps = math.ceil((len(train) * (1 + sft.first_step_passes) + revision_count) / (sft.batch_size * world))
     ranking_steps = math.ceil(len(train) / (sft.batch_size * world))
     epoch_steps = [main_steps] * sft.epochs + [ranking_steps] * sft.ranking_passes
     epoch_starts = [sum(epoch_steps[:e]) for e in range(len(epoch_steps))]
@@ -253,6 +265,7 @@ def train_sft(cfg: PipelineConfig, run_folder: RunFolder, resume: bool = False) 
             responses = [shuffled_response(e, rng) if sft.order == "shuffle" else e["response"] for e in train]
             examples = encode_all(tokenizer, train, responses, cfg, order_free, train_priors)
             examples += first_step_examples(tokenizer, train, train_priors, sft.first_step_passes, herb_token, rng)
+            examples += revision_examples(tokenizer, revisions, revision_count, cfg, order_free, rng)
             desc = f"sft epoch {epoch + 1}/{sft.epochs}"
         else:
             examples = first_step_examples(tokenizer, train, train_priors, 1, herb_token, rng)

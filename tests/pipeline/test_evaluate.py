@@ -65,3 +65,29 @@ def test_evaluate_reports_raw_and_clean_lists_with_the_doctors_rates(cli, tmp_pa
     assert "test split, raw herb lists" in result.stdout and "test split, clean herb lists" in result.stdout
     doctors = [line for line in result.stdout.splitlines() if line.startswith("doctors")]
     assert len(doctors) == 2 and doctors[0] != doctors[1]  # the doctors' own lists change when cleaned
+
+
+def test_the_cooccurrence_revision_takes_as_many_steps_as_asked_and_removes_its_lowest_scored():
+    from pipeline.evaluate import cooccurrence_revision, revision_cases
+
+    cases = revision_cases("validation", 40)
+    assert cases == revision_cases("validation", 40)  # seeded
+    assert all(len(c.corruption.wrong) <= 2 and len(c.corruption.dropped) <= 2 for c in cases)
+    revised = cooccurrence_revision(cases, [1] * 40, [2] * 40)
+    for case, herbs in zip(cases, revised, strict=True):
+        draft = case.corruption.draft
+        assert len(set(draft) - set(herbs)) == min(1, len(draft)) and len(set(herbs) - set(draft)) == 2
+
+
+def test_evaluate_revision_scores_a_models_revisions_beside_the_statistics(cli, micro_export, tmp_path):
+    out = tmp_path / "revision.json"
+    result = cli("-m", "pipeline", "evaluate", "--model", str(micro_export / "model-f16.gguf"), "--revision",
+                 "--split", "validation", "--limit", "12", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(out.read_text(encoding="utf-8"))
+    assert row["n"] + row["too_long"] == 12 and row["n"]
+    assert 0 <= row["removal_precision"] <= 1 and 0 <= row["restored"] <= 1
+    assert row["Jaccard draft"] > 0 and {"Jaccard model", "Jaccard cooccurrence"} <= row.keys()
+    low, high = row["Jaccard model − draft CI"]
+    assert low <= row["Jaccard model"] - row["Jaccard draft"] <= high
+    assert "co-occurrence revision" in result.stdout and "removal precision" in result.stdout

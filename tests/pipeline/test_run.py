@@ -33,6 +33,9 @@ def test_run_trains_every_stage_then_redoes_only_what_changed(cli, tmp_path):
     assert all(r["n"] == 16 and r["decoding"] == "stepper:llama" for r in rows[:3])
     card = (out / "export" / "card.md").read_text(encoding="utf-8")
     assert "DPO from the SFT model" in card and "stepper's decisions (α 1" in card and f"{rows[2]['F1@10']:.4f}" in card
+    revision = json.loads((out / "evaluate" / "revision-test.json").read_text(encoding="utf-8"))
+    assert revision["n"] + revision["too_long"] == 16 and revision["n"]
+    assert "## Revising a draft" in card and f"{revision['Jaccard model']:.4f}" in card
     assert "sft epoch" in (out / "logs" / "sft.log").read_text(encoding="utf-8")
     assert (out / "config.yaml").read_text(encoding="utf-8") == MICRO.read_text(encoding="utf-8")
 

@@ -86,3 +86,4 @@ def test_a_medication_entered_shows_its_interaction_on_a_step_card(served, sympt
         expect(page.locator("#rx-output .rx-drugs")).to_contain_text(label)
         expect(page.locator("#rx-output .rx-interactions")).to_contain_text(label, timeout=120_000)  # by the 方解
         browser.close()
+

@@ -10,8 +10,8 @@ from rxapp.feedback import SCHEMA_VERSION, FeedbackStore, SessionRecord, StoreEr
 
 
 def session(herbs=("麻黄", "桂枝", "甘草")) -> SessionRecord:
-    steps = [{"index": i, "herb": h, "explanation": f"{h}：主治 恶寒", "probability": 0.5, "warnings": []}
-             for i, h in enumerate(herbs, 1)]
+    steps = [{"index": i, "action": "add", "herb": h, "explanation": f"{h}：主治 恶寒", "probability": 0.5,
+              "warnings": []} for i, h in enumerate(herbs, 1)]
     return SessionRecord("恶寒发热，头痛", ["恶寒发热", "头痛"], [], False, "成人 14–64", "女", "patient name here",
                          "model.gguf", "ab" * 32, "llama", {"screen_weight": 4.0}, "主症：恶寒发热、头痛", "…", "方解",
                          steps)
@@ -132,7 +132,7 @@ def test_a_version_1_file_is_upgraded_in_place_and_keeps_everything(tmp_path):
         MIGRATIONS[0](db)
         db.conn.execute("PRAGMA user_version=1")
     conn.close()
-    row = {k: v for k, v in session().__dict__.items() if k not in ("steps", "drugs", "unchecked_drugs")}
+    row = {k: v for k, v in session().__dict__.items() if k not in ("steps", "drugs", "unchecked_drugs", "draft")}
     with old._transaction() as db:
         db["sessions"].insert({**{k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v
                                   for k, v in row.items()}, "id": "old1", "created_at": "2026-01-01",
@@ -141,9 +141,10 @@ def test_a_version_1_file_is_upgraded_in_place_and_keeps_everything(tmp_path):
                                "prescription": json.dumps([{"herb": "麻黄", "dose_g": 9}], ensure_ascii=False),
                                "warnings": "[]", "rating": 5, "comment": "旧"})
     store = FeedbackStore(path)  # opening it migrates
-    assert store.version == SCHEMA_VERSION == 2
+    assert store.version == SCHEMA_VERSION == 3
     [record] = store.preference_records()
     assert record["comment"] == "旧" and record["final_herbs"] == ["麻黄"] and record["drugs"] == []
+    assert record["draft"] is None and record["model_herbs"] == ["麻黄"]  # built from nothing, every step an addition
     assert store.session("old1")["symptoms_text"] == "恶寒发热，头痛"
 
 
@@ -156,3 +157,21 @@ def test_the_patients_drugs_are_kept_with_the_session_and_exported(tmp_path):
     [exported] = store.preference_records()
     assert exported["drugs"] == ["warfarin", "digoxin"] and exported["unchecked_drugs"] == ["sertralin"]
     assert '"[""warfarin"", ""digoxin""]"' in export_records([exported], "csv")
+
+
+def test_a_revision_keeps_its_draft_and_each_steps_action_and_exports_the_verdicts_by_action(tmp_path):
+    store = FeedbackStore(tmp_path / "rx.sqlite")
+    record = session(("麻黄", "桂枝", "附子", "杏仁"))
+    actions = ["draft", "draft", "remove", "add"]
+    record.steps = [{**s, "action": a} for s, a in zip(record.steps, actions, strict=True)]
+    record.steps[2]["herb"] = "桂枝"  # 减桂枝: step 3 removes the draft's second herb
+    record.draft = {"herbs": ["麻黄", "桂枝"], "unknown": ["鬼药"], "merged": [], "formula": None}
+    sid = store.save_session(record)
+    store.save_feedback(sid, {3: "accept", 4: "reject"}, [{"herb": "麻黄", "dose_g": 9.0}], [], 4, "")
+    assert [s["action"] for s in store.session(sid)["steps"]] == actions
+    [exported] = store.preference_records()
+    assert exported["draft"]["unknown"] == ["鬼药"] and exported["model_herbs"] == ["麻黄", "杏仁"]
+    assert (exported["accepted"], exported["rejected"]) == ([], ["杏仁"])
+    assert (exported["accepted_removals"], exported["rejected_removals"]) == (["桂枝"], [])
+    assert json.loads(export_records([exported], "jsonl"))["accepted_removals"] == ["桂枝"]
+    assert "accepted_removals" in export_records([exported], "csv").splitlines()[0]

@@ -49,3 +49,13 @@ def test_the_formula_holding_most_herbs_wins():
 
 def test_counts_in_chinese_numerals():
     assert [count(n) for n in (3, 10, 12, 20, 47)] == ["三", "十", "十二", "二十", "四十七"]
+
+
+def test_a_prescription_is_named_as_the_formula_modified():
+    found = resembled(["麻黄", "桂枝", "杏仁", "甘草", "石膏", "桔梗"])
+    assert found.added == ("石膏", "桔梗") and found.modification() == "麻黄汤加减：+石膏 +桔梗"
+    assert resembled(["柴胡", "黄芩", "人参", "半夏", "甘草", "生姜"]).modification() == "小柴胡汤加减：−大枣"
+    assert resembled(["麻黄", "桂枝", "杏仁", "炙甘草"]).modification() == "麻黄汤原方"
+    record = found.to_dict()
+    assert record["formula"] == "麻黄汤" and record["added"] == ["石膏", "桔梗"] and record["removed"] == []
+    assert record["text"] == found.describe()

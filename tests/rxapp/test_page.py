@@ -42,7 +42,7 @@ def count(store: FeedbackStore, table: str) -> int:
 
 def stored_session(store: FeedbackStore, symptoms: list[str], herbs: list[str]) -> str:
     """A session saved as the page saves one, without running the model."""
-    steps = [{"index": i, "herb": h, "explanation": "", "probability": 0.5, "warnings": []}
+    steps = [{"index": i, "action": "add", "herb": h, "explanation": "", "probability": 0.5, "warnings": []}
              for i, h in enumerate(herbs, 1)]
     return store.save_session(SessionRecord("，".join(symptoms), symptoms, [], False, "未填", "未填", "", "m.gguf",
                                             "0" * 64, "llama", {}, "", "", "", steps))
@@ -57,12 +57,30 @@ def test_recommend_streams_one_more_card_per_step_then_saves_the_session(engine,
 
     assert re.fullmatch(r"[0-9a-f]{12}", final.session_id) and final.save_status == ""
     herbs = final.prescription.split("、")
-    assert final.steps == [f"{i} {h}" for i, h in enumerate(herbs, 1)] and len(herbs) == counts[-1]
+    assert final.steps == [f"{i} 加 {h}" for i, h in enumerate(herbs, 1)] and len(herbs) == counts[-1]
     assert "方解" in final.html and "整方安全核查" in final.html and "生成中" not in final.html
     assert final.prescription_check == page.recheck(final.prescription, False)
     saved = store.session(final.session_id)
     assert [s["herb"] for s in saved["steps"]] == herbs and saved["symptoms_text"] == symptom_text
     assert saved["model_sha256"] == engine.model.sha256 and saved["settings"]["screen_weight"] == 4.0
+
+
+def test_a_formula_is_checked_and_shown_first_then_revised_and_saved_with_its_draft(engine, store):
+    *streamed, final = page.recommend(engine, store, "恶寒 发热 无汗 咳嗽", [], *SETTINGS, None, "", "麻黄汤")
+    assert "初稿 · 麻黄汤（《伤寒论》）" in streamed[0].html and "rx-step" not in streamed[0].html  # checked first
+    assert final.html.count('data-action="draft"') == 4 and "类方：" in final.html
+    assert all(label.split()[1] in ("加", "减") for label in final.steps)  # the draft's own herbs are not reviewed
+    saved = store.session(final.session_id)
+    assert saved["draft"]["formula"] == "麻黄汤" and [s["action"] for s in saved["steps"]][:4] == ["draft"] * 4
+    left = [s["herb"] for s in saved["steps"] if s["action"] != "remove"]
+    left = [h for h in left if h not in {s["herb"] for s in saved["steps"] if s["action"] == "remove"}]
+    assert final.prescription.split("、") == left  # the draft with the model's additions, less its removals
+
+
+@pytest.mark.parametrize(("start", "formula", "expected"), [("", "麻皇汤", "麻黄汤"), ("麻黄", "麻黄汤", "not both")])
+def test_a_draft_it_cannot_read_gets_a_message_and_nothing_is_saved(engine, store, start, formula, expected):
+    [update] = page.recommend(engine, store, "咳嗽", [], *SETTINGS, None, start, formula)
+    assert expected in update.html and "rx-step" not in update.html and count(store, "sessions") == 0
 
 
 @pytest.mark.parametrize(("text", "expected"), [("", "no symptoms given"), ("qwerty zxcv", "No known symptom")])

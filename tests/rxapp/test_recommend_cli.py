@@ -100,3 +100,39 @@ def test_a_patients_drugs_screen_the_steps_and_reach_the_warnings(cli, micro_exp
 def test_a_negative_or_non_finite_screen_weight_is_refused(cli, weight):
     result = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽", "--screen-weight", weight)
     assert result.returncode == 2 and "finite number ≥ 0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_revising_a_formula_or_a_draft_from_the_command_line(cli, micro_export, tmp_path):
+    model = str(micro_export / "model-f16.gguf")
+    result = cli("-m", "rxapp", "recommend", "--symptoms", "恶寒 发热 无汗 咳嗽", "--formula", "麻黄汤", "--model",
+                 model, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert out["draft"]["formula"] == "麻黄汤" and out["draft"]["herbs"] == ["麻黄", "桂枝", "炙甘草", "杏仁"]
+    assert [s["action"] for s in out["steps"][:4]] == ["draft"] * 4
+    assert {s["action"] for s in out["steps"][4:]} <= {"add", "remove"}
+    match = out["formula_match"]
+    assert match is None or (match["text"] == out["formula"] and match["modification"].startswith(match["formula"]))
+    printed = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽", "--start", "附子", "半夏", "鬼药", "--model", model)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert "初稿: 附子、半夏  未核查: 鬼药" in printed.stdout and "十八反" in printed.stdout
+    assert "1. 初稿 附子" in printed.stdout and "类方：" in printed.stdout
+
+
+def test_a_bad_formula_or_draft_is_reported_before_the_model_loads(cli, micro_export, tmp_path):
+    unknown = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽", "--formula", "麻皇汤", "--model",
+                  str(tmp_path / "missing.gguf"))
+    assert unknown.returncode == 2 and "麻黄汤" in unknown.stderr and "missing.gguf" not in unknown.stderr
+    both = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽", "--start", "麻黄", "--formula", "麻黄汤")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    batch = tmp_path / "drafts.jsonl"
+    batch.write_text("\n".join([json.dumps({"id": "a", "symptoms": "咳嗽", "formula": "桂枝汤"}, ensure_ascii=False),
+                                json.dumps({"id": "b", "symptoms": "咳嗽", "start": ["麻黄", "杏仁"]},
+                                           ensure_ascii=False),
+                                json.dumps({"id": "c", "symptoms": "咳嗽", "formula": "无此方"}, ensure_ascii=False),
+                                json.dumps({"id": "d", "symptoms": "咳嗽", "start": 3})]) + "\n", encoding="utf-8")
+    result = cli("-m", "rxapp", "recommend", "--batch", str(batch), "--model", str(micro_export / "model-f16.gguf"))
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 2 and [line["id"] for line in lines] == ["a", "b", "c", "d"]
+    assert lines[0]["draft"]["formula"] == "桂枝汤" and lines[1]["draft"]["herbs"] == ["麻黄", "杏仁"]
+    assert "无此方" in lines[2]["error"] and "start" in lines[3]["error"]

@@ -1,5 +1,7 @@
+from rxapp.decoding import FormatTokens
 from rxapp.stepformat import (
     NO_RECORD,
+    NOT_NEEDED,
     PRESCRIPTION_HEADER,
     SUMMARY_HEADER,
     Claim,
@@ -7,8 +9,11 @@ from rxapp.stepformat import (
     explanation_claims,
     parse_response,
     render_explanation,
+    render_moves,
     render_prompt,
+    render_removal,
     render_response,
+    revised,
 )
 
 RESPONSE = render_response("主症：恶寒。", [("麻黄", "能发汗。"), ("桂枝", "能解肌。")])
@@ -71,3 +76,29 @@ def test_the_composed_summary_names_every_herb_once_grouped_by_action_with_their
     assert compose_summary([]) == ""
     assert compose_summary(steps) == ("麻黄、桂枝、生姜发汗解表，治恶寒发热、无汗；杏仁止咳平喘，治咳嗽；"
                                       f"甘草（{NO_RECORD}）；防己治小便不利。")
+
+
+def test_a_revision_round_trips_and_its_summary_names_only_what_is_left():
+    moves = [("add", "麻黄", "发汗，主治恶寒"), ("add", "附子", "回阳救逆"), ("add", "杏仁", "止咳平喘"),
+             ("remove", "附子", render_removal(["回阳救逆"])), ("add", "桂枝", "解肌")]
+    assert revised(moves) == [("麻黄", "发汗，主治恶寒"), ("杏仁", "止咳平喘"), ("桂枝", "解肌")]
+    r = parse_response(render_moves("主症：恶寒。", moves))
+    assert r.well_formed and r.herbs == ["麻黄", "杏仁", "桂枝"]
+    assert [s.action for s in r.steps] == ["add", "add", "add", "remove", "add"]
+    assert "附子" not in r.summary and r.summary.count("麻黄") == 1
+    assert render_removal(["回阳救逆"]) == f"回阳救逆，{NOT_NEEDED}" and render_removal() == NOT_NEEDED
+    assert explanation_claims(render_removal(["回阳救逆"])) == [Claim("effect", "回阳救逆")]
+
+
+def test_format_tokens_allow_removals_only_of_held_herbs_and_never_a_removed_herb_again():
+    herbs = tuple(range(100, 110))
+    fmt = FormatTokens(add=1, remove=2, stop=3, newline=4, herbs=herbs)
+    draft = [1, 100, 9, 4, 1, 101, 9, 4]  # 加A：…\n 加B：…\n (9: an explanation token)
+    assert fmt.allowed(draft) == [1, 3]  # building from nothing: no removal
+    assert fmt.allowed(draft, revising=True) == [1, 2, 3]
+    assert fmt.allowed([*draft, 2], revising=True) == [100, 101]
+    removed = [*draft, 2, 100, 9, 4]
+    assert fmt.chosen(removed) == [101]
+    assert 100 not in fmt.allowed([*removed, 1], revising=True) and 101 not in fmt.allowed([*removed, 1])
+    assert fmt.allowed(draft, max_herbs=2, revising=True) == [2, 3]  # full: only removing or stopping
+    assert fmt.allowed([], revising=True) == [1] and fmt.allowed([*draft, 3]) is None

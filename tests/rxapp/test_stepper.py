@@ -11,10 +11,20 @@ from pipeline.data.records import load_split
 from pipeline.metrics import summary_metrics
 from rxapp.backends import HFBackend, LlamaBackend, ModelLoadError, load_backend
 from rxapp.decoding import greedy_stop, stop_probability
-from rxapp.modelinfo import HF_METADATA, VOCABULARY_KEY, ModelMismatchError
+from rxapp.draft import read_draft
+from rxapp.modelinfo import FORMAT_KEY, HF_METADATA, VOCABULARY_KEY, ModelMismatchError
 from rxapp.safety import Patient
 from rxapp.stepformat import parse_response
-from rxapp.stepper import Recommendation, Step, StepperConfig, choose, pool_names, recommend, screen_costs
+from rxapp.stepper import (
+    DraftCheck,
+    Recommendation,
+    Step,
+    StepperConfig,
+    choose,
+    pool_names,
+    recommend,
+    screen_costs,
+)
 from rxapp.vocab import vocab
 
 
@@ -155,3 +165,50 @@ def test_the_stepper_never_writes_a_drug_twice_or_an_other_name(llama):
         assert all(s.name == v.display_name(s.herb) for s in final.steps)
         assert summary_metrics([final.summary], [final.herbs]) == {
             "summary_coverage": 1.0, "summary_foreign": 0.0, "summary_repeats": 0.0}, final.summary
+
+
+def revise(backend, symptoms, draft, pregnant=False, **settings) -> Recommendation:
+    events = list(recommend(backend, symptoms, Patient(pregnant=pregnant), StepperConfig(**settings), draft))
+    assert isinstance(events[0], DraftCheck) and isinstance(events[-1], Recommendation)
+    assert events[1:-1] == events[-1].steps
+    return events[-1]
+
+
+def test_a_draft_is_explained_then_revised_by_additions_and_removals_of_held_herbs(llama):
+    # sampled at T = 1, so that removals, where the model makes any, are exercised
+    for seed, record in enumerate(load_split("test", "clean")[:12]):
+        wrong = [h for h in ("附子", "黄芪", "大黄", "石膏") if h not in record.herbs][:2]
+        draft = read_draft([*record.herbs[:3], *wrong, "鬼药"])
+        final = revise(llama, list(record.symptoms), draft, temperature=1.0, seed=seed)
+        n = len(draft.herbs)
+        assert [(s.action, s.herb) for s in final.steps[:n]] == [("draft", h) for h in draft.herbs]
+        held, removed = list(draft.herbs), set()
+        for step in final.steps[n:]:
+            if step.action == "remove":
+                assert step.herb in held
+                held.remove(step.herb)
+                removed.add(step.herb)
+            else:
+                assert step.action == "add" and step.herb not in held and step.herb not in removed
+                held.append(step.herb)
+        assert final.herbs == held and final.draft is draft and parse_response(final.text).stopped
+        assert summary_metrics([final.summary], [final.herbs])["summary_coverage"] == 1.0
+        assert any(w.rule == "未识别" and "鬼药" in w.message for w in final.warnings)  # kept visible, not checked
+
+
+def test_a_drafts_own_warnings_come_before_the_first_step(llama):
+    draft = read_draft("附子 半夏 甘草")
+    check = next(iter(recommend(llama, ["咳嗽"], Patient(), StepperConfig(), draft)))
+    assert isinstance(check, DraftCheck) and check.draft is draft
+    assert any(w.rule == "十八反" and {"附子", "半夏"} <= set(w.herbs) for w in check.warnings)
+
+
+def test_a_model_not_trained_on_drafts_builds_from_nothing_but_refuses_a_draft(micro_export, tmp_path):
+    folder = tmp_path / "v1"
+    shutil.copytree(micro_export / "hf", folder)
+    meta = json.loads((folder / HF_METADATA).read_text())
+    (folder / HF_METADATA).write_text(json.dumps({**meta, FORMAT_KEY: "1"}))
+    with load_backend(folder) as old:
+        assert old.format_version == 1 and run(old, ["咳嗽"])[1].herbs
+        with pytest.raises(ModelMismatchError, match="format v1"):
+            next(iter(recommend(old, ["咳嗽"], Patient(), StepperConfig(), read_draft(formula="麻黄汤"))))

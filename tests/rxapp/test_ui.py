@@ -24,8 +24,8 @@ from tests.rxapp.conftest import feedback_rows, free_port
 SETTINGS = (False, "未填", "未填", "", 4.0, 20, DECODING[0], 0.7, 0)  # pregnant, age, sex, notes, screen, max herbs, …
 
 
-def recommend(client, text, picked=(), drugs=()):
-    job = client.submit(text, list(picked), *SETTINGS, list(drugs), api_name="/recommend")
+def recommend(client, text, picked=(), drugs=(), start="", formula=None):
+    job = client.submit(text, list(picked), *SETTINGS, list(drugs), start, formula, api_name="/recommend")
     job.result()
     return job.outputs()
 
@@ -39,8 +39,8 @@ def test_recommend_streams_steps_and_feedback_lands_in_the_database(served, symp
     herbs = prescription.split("、")
     assert len(herbs) == counts[-1] and all(h in page for h in herbs)
 
-    first = f"1 {herbs[0]}"
-    status = served.client.predict(session_id, [first], [f"2 {herbs[1]}"], f"{herbs[0]} 9g、附子 6g", False, 4,
+    first = f"1 加 {herbs[0]}"
+    status = served.client.predict(session_id, [first], [f"2 加 {herbs[1]}"], f"{herbs[0]} 9g、附子 6g", False, 4,
                                    "加附子", api_name="/feedback")
     assert status.startswith("已保存"), status
     [row] = [r for r in feedback_rows(served.store.path) if r["comment"] == "加附子"]
@@ -77,7 +77,7 @@ def test_empty_or_garbage_symptoms_get_a_message(served, text, expected):
 
 def test_bad_feedback_is_explained_not_saved(served, symptom_text):
     final = recommend(served.client, symptom_text)[-1]
-    session_id, step = final[1], f"1 {final[4].split('、')[0]}"
+    session_id, step = final[1], f"1 加 {final[4].split('、')[0]}"
     before = len(feedback_rows(served.store.path))
     feedback = served.client.predict
     assert "make a recommendation first" in feedback("", [], [], "麻黄", False, 3, "", api_name="/feedback")

@@ -60,7 +60,8 @@ def test_two_process_data_parallel_training_on_gloo(tmp_path):
                             env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     log = json.loads((tmp_path / "sft" / "log.json").read_text())
-    micro_steps_one_process = 64 + 32  # 1024 examples / 32 per batch × 2 epochs, then one ranking pass
+    # (1024 examples + a quarter as many revision examples) / 32 per batch × 2 epochs, then one ranking pass
+    micro_steps_one_process = 2 * (1024 + 256) // 32 + 32
     assert log[-1]["step"] == micro_steps_one_process // 2  # each rank takes half the batches
 
 
@@ -176,3 +177,25 @@ def test_set_loss_sum_makes_every_herb_still_to_add_a_target_of_its_own(micro_ru
         mean = sft_loss(model, batch, [copy], herb_ids, per=1, set_loss="mean")
     assert torch.isclose(summed, -logp.sum(), rtol=1e-5)
     assert torch.isclose(mean, -logp.mean(), rtol=1e-5)
+
+
+def test_revision_examples_train_the_revision_and_never_the_drafts_lines(micro_run):
+    from pipeline.model.llm import load_trained
+    from pipeline.model.scoring import herb_token_ids
+    from pipeline.model.training import IGNORE
+    from pipeline.runfolder import RunFolder, read_jsonl
+    from pipeline.stages.sft import encode
+
+    _, tokenizer = load_trained(micro_run / "sft" / "best")
+    herb_ids = set(herb_token_ids(tokenizer))
+    revisions = read_jsonl(RunFolder(micro_run).revisions())
+    assert revisions and all(e["id"].endswith(":revision") for e in revisions)
+    for example in revisions[:50]:
+        encoded = encode(tokenizer, example["prompt"], example["response"], 10_000, herb_ids, None, example["given"])
+        trained = [i for i, label in enumerate(encoded.labels) if label != IGNORE]
+        assert tokenizer.decode(encoded.ids[trained[0]:]).replace(" ", "") == (
+            example["response"].removeprefix(example["given"]) + tokenizer.eos_token).replace(" ", "")
+        added = [tokenizer.decode([encoded.ids[p]]) for p, _ in encoded.herb_steps]
+        assert sorted(added) == sorted(example["dropped"])  # order-free targets: only the herbs put back
+        for position, remaining in encoded.herb_steps:
+            assert encoded.ids[position] in remaining and position >= trained[0]
