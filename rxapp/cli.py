@@ -15,7 +15,7 @@ from rxapp.drugs import MedicationInputError
 from rxapp.formulas import FormulaInputError
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.safety import DoseError, Patient, check_safety_weight, interaction_summary, parse_doses, rules
-from rxapp.stepper import StepperConfig
+from rxapp.stepper import STEP_WORDS, StepperConfig
 from rxapp.vocab import HerbInputError, SymptomInputError, split_herb_list, vocab
 
 
@@ -25,13 +25,10 @@ def drugs_json(patient: Patient) -> dict:
             "unchecked_drugs": [{"text": text, "suggestions": list(hint)} for text, hint in patient.unchecked_drugs]}
 
 
-STEP_VERBS = {"draft": "初稿", "add": "加", "remove": "减"}  # how each kind of step is printed
-
-
 def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg, medications: str | list[str] = "",
                         draft: Draft | None = None) -> dict:
     """One case, run through the stepper (revising `draft` when given), as the JSON the CLI prints."""
-    from rxapp.stepper import DraftCheck, recommend
+    from rxapp.stepper import Recommendation, recommend
 
     parsed = vocab().parse_symptoms(text)
     if not parsed.symptoms:
@@ -39,14 +36,13 @@ def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg, medica
                                 + (f" (unrecognised: {'、'.join(parsed.unrecognised[:5])})" if parsed.unrecognised
                                    else ""))
     patient = Patient.from_input(pregnant, medications)
-    events = list(recommend(backend, parsed.symptoms, patient, cfg, draft))
-    final = events[-1]
-    checked = next((e for e in events if isinstance(e, DraftCheck)), None)
+    final = next(e for e in recommend(backend, parsed.symptoms, patient, cfg, draft)
+                 if isinstance(e, Recommendation))
     return {
         "id": case_id, "symptoms": final.symptoms, "unrecognised": parsed.unrecognised, "pregnant": pregnant,
         **drugs_json(patient), "analysis": final.analysis,
         "draft": draft.to_dict() if draft else None,
-        "draft_warnings": [w.to_dict() for w in checked.warnings] if checked else [],
+        "draft_warnings": [w.to_dict() for w in final.draft_warnings],
         "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "name": s.name, "explanation": s.explanation,
                    "facts": s.facts.summary() if s.facts else None, "probability": round(s.probability, 4),
                    "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
@@ -117,7 +113,7 @@ def print_recommendation(out: dict) -> None:
             print(f"   [{w['severity']}] {w['message']}")
     print(out["analysis"])
     for step in out["steps"]:
-        print(f"{step['index']}. {STEP_VERBS[step['action']]} {step['name']}：{step['explanation']}")
+        print(f"{step['index']}. {STEP_WORDS[step['action']]} {step['name']}：{step['explanation']}")
         for w in step["warnings"]:
             print(f"   [{w['severity']}] " + ("解除: " if step["action"] == "remove" else "") + w["message"])
     print("方解: " + out["summary"])

@@ -27,7 +27,7 @@ from rxapp.safety import (
     rules,
 )
 from rxapp.stepformat import NO_RECORD, render_analysis
-from rxapp.stepper import DraftCheck, Recommendation, Step, StepperConfig
+from rxapp.stepper import STEP_WORDS, DraftCheck, Recommendation, Step, StepperConfig
 from rxapp.stepper import recommend as recommend_steps
 from rxapp.vocab import SEPARATORS, HerbInputError, SymptomInputError, clean_text, split_herb_list, vocab
 
@@ -95,17 +95,17 @@ def parse_symptoms(text: str, picked: list[str] | None = None) -> str:
     return "".join(lines)
 
 
-STEP_STYLE = {  # (heading, card style): a draft's herb, the model's addition, the model's removal
-    "draft": ("初稿", "border:1px solid #d0d5dd;background:#f9fafb"),
-    "add": ("加", "border:1px solid #d0d5dd"),
-    "remove": ("减", "border:1px dashed #b42318;background:#fef3f2"),
+STEP_STYLE = {  # a card's style: a draft's herb, the model's addition, the model's removal
+    "draft": "border:1px solid #d0d5dd;background:#f9fafb",
+    "add": "border:1px solid #d0d5dd",
+    "remove": "border:1px dashed #b42318;background:#fef3f2",
 }
 
 
 def step_card(step: Step) -> str:
     facts = step.facts.summary() if step.facts else NO_RECORD
-    verb, style = STEP_STYLE[step.action]
-    title = f"初稿 · {e(step.name)}" if step.action == "draft" else f"第 {step.index} 步 · {verb} {e(step.name)}"
+    verb, style = STEP_WORDS[step.action], STEP_STYLE[step.action]
+    title = f"{verb} · {e(step.name)}" if step.action == "draft" else f"第 {step.index} 步 · {verb} {e(step.name)}"
     resolved = "<p style='margin:4px 0'><small>减去此药，解除：</small></p>" if step.action == "remove" and (
         step.warnings) else ""
     return (f'<div class="rx-step" data-action="{step.action}" style="{style};border-radius:8px;padding:8px 12px;'
@@ -252,7 +252,7 @@ def saved_update(store: FeedbackStore, record: SessionRecord, final: Recommendat
         session_id, note = "", f"会话未保存 Session not saved: {err}"
     prescription = "、".join(final.herbs)
     return PageUpdate(recommendation_html(final.analysis, cards, final, note), session_id,
-                      [f"{s.index} {STEP_STYLE[s.action][0]} {s.herb}" for s in final.steps if s.action != "draft"],
+                      [f"{s.index} {STEP_WORDS[s.action]} {s.herb}" for s in final.steps if s.action != "draft"],
                       prescription,
                       recheck(prescription, final.patient.pregnant, drugs), "")
 

@@ -37,6 +37,8 @@ from rxapp.modelinfo import ModelMismatchError
 from rxapp.ranking import rank_herbs
 from rxapp.safety import Patient, SafetyWarning, check_safety_weight, rules, warnings_cost
 from rxapp.stepformat import (
+    ADD,
+    REMOVE,
     REVISION_FORMAT,
     SUMMARY_HEADER,
     compose_summary,
@@ -60,6 +62,9 @@ class StepperConfig:
 
     def __post_init__(self) -> None:
         check_safety_weight(self.screen_weight, "screen_weight")
+
+
+STEP_WORDS = {"draft": "初稿", "add": ADD, "remove": REMOVE}  # how each kind of step is named to the practitioner
 
 
 @dataclass
