@@ -20,14 +20,14 @@ from pipeline.run import STAGE_NAMES, STAGES
 from pipeline.runfolder import RunFolder
 from rxapp import DEFAULT_MODEL
 from rxapp.feedback import StoreError
-from rxapp.knowledge import KNOWLEDGE_FILE
+from rxapp.knowledge import ASSOCIATIONS_FILE, KNOWLEDGE_FILE
 
 
 def run_knowledge(args: argparse.Namespace) -> int:
-    from pipeline.data.knowledge import build
+    from pipeline.data.knowledge import build, build_associations
 
     coverage = build(args.out)
-    print(json.dumps(coverage, ensure_ascii=False))
+    print(json.dumps({**coverage, "associations": build_associations(args.associations)}, ensure_ascii=False))
     return 0
 
 
@@ -218,8 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="run these stages (and what builds on them) even when current, e.g. after a code "
                             "change")
     everything.set_defaults(run=run_all)
-    knowledge = sub.add_parser("knowledge", help="rebuild assets/knowledge/herbs.json from the raw KDHR files")
+    knowledge = sub.add_parser("knowledge", help="rebuild assets/knowledge/herbs.json from the raw KDHR files, then "
+                               "the teacher's action–symptom associations from the training split")
     knowledge.add_argument("--out", type=Path, default=KNOWLEDGE_FILE, help="where to write (default: %(default)s)")
+    knowledge.add_argument("--associations", type=Path, default=ASSOCIATIONS_FILE,
+                           help="where to write the associations (default: %(default)s)")
     knowledge.set_defaults(run=run_knowledge)
     distill = sub.add_parser("distill", help="write 症状分析—处方—方解 training examples (knowledge teacher, or an "
                              "OpenAI-compatible endpoint with --teacher-url)")

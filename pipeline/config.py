@@ -23,6 +23,9 @@ HERB_LISTS = ("raw", "clean")
 @dataclass
 class ModelConfig:
     base: str | None = None  # None: the domain model, trained from scratch; else a local HF causal-LM folder (LoRA)
+    # with no base: a trained domain model folder (RUN/sft/best, an export's hf/) whose weights and tokenizer SFT
+    # continues from, instead of fresh weights (the size settings below are then the folder's)
+    init: str | None = None
     hidden_size: int = 256
     layers: int = 4
     heads: int = 4
@@ -34,6 +37,11 @@ class ModelConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     load_in_4bit: bool = False  # QLoRA (bitsandbytes), for GPU bases
+
+    def __post_init__(self) -> None:
+        if self.base and self.init:
+            raise ValueError("model.base (a pretrained base, LoRA) and model.init (a domain model to continue) "
+                             "exclude each other")
 
 
 @dataclass

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 from math import prod, tanh
 
-from rxapp.knowledge import herb_actions, treats
+from rxapp.knowledge import associated, herb_actions, treats
 from rxapp.modelinfo import DEFAULT_STOP_THRESHOLD, ModelMismatchError
-from rxapp.stepformat import ACTION_SEPARATOR, ADD, EXPLANATION_MARK, INDICATION, REMOVE, USAGE
+from rxapp.stepformat import ACTION_SEPARATOR, ADD, CLAUSE_SEPARATOR, EXPLANATION_MARK, INDICATION, REMOVE, USAGE
 from rxapp.vocab import vocab
 
 MAX_DECODED_HERBS = 50  # the stepper stops adding here; the longest training prescription has 43 herbs
@@ -39,6 +39,11 @@ class FormatTokens:
     def moves(self, generated: list[int]) -> list[tuple[int, int]]:
         """(marker, herb token) of each step so far, in order."""
         return [(prev, t) for prev, t in pairwise(generated) if prev in (self.add, self.remove)]
+
+    def explanation(self, generated: list[int]) -> list[int]:
+        """The tokens after the last step's herb (its explanation so far)."""
+        starts = [i + 2 for i, t in enumerate(generated[:-1]) if t in (self.add, self.remove)]
+        return generated[starts[-1]:] if starts else []
 
     def chosen(self, generated: list[int]) -> list[int]:
         """Herb tokens of the list so far (added and not removed), in the order added."""
@@ -87,20 +92,67 @@ def greedy_stop(stop_probabilities: Sequence[float], threshold: float = DEFAULT_
     return prod(1.0 - p for p in stop_probabilities) <= threshold
 
 
-def claim_targets(tokenize: Callable[[str], list[int]], herb: str, symptoms: Sequence[str]) -> dict[int, list[int]]:
-    """What may follow where in a step's explanation, so that it claims only what the sources give: after its
-    opening colon and after 、, one of the herb's citable actions
-    (rxapp.knowledge.herb_actions); after 主治 and 用于, a symptom of this patient (for 主治, one the herb's sources
-    say it treats, when there is one: rxapp.knowledge.treats). A constraint whose words the tokenizer does not make
-    one token each is left out."""
-    targets = {}
-    words = {w: tokenize(w) for w in (INDICATION, USAGE, *symptoms)}
-    if all(len(t) == 1 for t in words.values()):
+@dataclass(frozen=True)
+class ClaimRule:
+    """What may come next in one step's explanation, given the explanation so far (see `claim_rule`)."""
+
+    mark: int | None  # the opening colon
+    separator: int | None  # 、 between two actions
+    clause: int | None  # ， before a claim about a symptom
+    actions: tuple[int, ...]  # the herb's citable actions, the tied ones alone when there are any
+    any_action: tuple[int, ...]  # every citable action of the herb (after 、)
+    tied: dict[int, dict[int, list[int]]]  # action → 主治/用于 → the symptoms of this patient tied to it
+    claims: dict[int, tuple[int, ...]]  # 主治/用于 → the symptoms it may name after an action not tied
+
+    def allowed(self, explanation: Sequence[int]) -> list[int] | None:
+        """Token ids allowed after `explanation` (the tokens after the step's herb), or None where it is free."""
+        if not explanation:
+            return None
+        last = explanation[-1]
+        if last == self.mark and len(explanation) == 1:
+            return list(self.actions) or None
+        tied = self.tied.get(explanation[1]) if explanation[0] == self.mark and len(explanation) > 1 else None
+        if tied and len(explanation) == 2:
+            return [self.clause]
+        if tied and len(explanation) == 3:
+            return list(tied)
+        if tied and len(explanation) == 4:
+            return list(tied[last])
+        if last == self.separator:
+            return list(self.any_action) or None
+        targets = self.claims.get(last)
+        return list(targets) if targets else None
+
+
+def claim_rule(tokenize: Callable[[str], list[int]], herb: str, symptoms: Sequence[str], tie: bool = True
+               ) -> ClaimRule:
+    """What a step's explanation may say, so that it claims only what the sources give and ties the herb's action to
+    this patient's symptom where the training prescriptions do: after the opening colon, one of the herb's citable
+    actions (rxapp.knowledge.herb_actions), only those associated with one of the patient's symptoms
+    (rxapp.knowledge.associated) when there are any; after such an action, ，主治 or ，用于 and a symptom
+    associated with it (主治 where the herb's sources name the symptom, as the teacher writes it). After 、 any
+    citable action; after 主治 and 用于 otherwise, a symptom of this patient (for 主治, one the herb's sources say it
+    treats, when there is one: rxapp.knowledge.treats). Without `tie` (a removal, whose reason is an action this
+    patient does not need), nothing is tied. A constraint whose words the tokenizer does not make one token each is
+    left out."""
+    def one(text: str) -> int | None:
+        ids = tokenize(text)
+        return ids[0] if len(ids) == 1 else None
+
+    words = {w: one(w) for w in (INDICATION, USAGE, *symptoms)}
+    actions = {a: t for a in herb_actions(herb) if (t := one(a)) is not None}
+    claims, tied = {}, {}
+    if all(t is not None for t in words.values()):
         indicated = [s for s in symptoms if treats(herb, s)] or list(symptoms)
-        targets = {words[INDICATION][0]: [words[s][0] for s in indicated],
-                   words[USAGE][0]: [words[s][0] for s in symptoms]}
-    actions = [t[0] for t in map(tokenize, herb_actions(herb)) if len(t) == 1]
-    marks = [tokenize(mark) for mark in (EXPLANATION_MARK, ACTION_SEPARATOR)]
-    if actions and all(len(m) == 1 for m in marks):
-        targets |= {m[0]: actions for m in marks}
-    return targets
+        claims = {words[INDICATION]: tuple(words[s] for s in indicated),
+                  words[USAGE]: tuple(words[s] for s in symptoms)}
+        for action, lifts in (associated(herb) if tie else {}).items():
+            for symptom in (s for s in symptoms if s in lifts and action in actions):
+                word = words[INDICATION if treats(herb, symptom) else USAGE]
+                tied.setdefault(actions[action], {}).setdefault(word, []).append(words[symptom])
+    marks = [one(m) for m in (EXPLANATION_MARK, ACTION_SEPARATOR, CLAUSE_SEPARATOR)]
+    if None in marks:
+        return ClaimRule(None, None, None, (), (), {}, claims)
+    mark, separator, clause = marks
+    return ClaimRule(mark, separator, clause, tuple(tied) or tuple(actions.values()), tuple(actions.values()), tied,
+                     claims)

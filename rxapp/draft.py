@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rxapp.formulas import Formula, formula_named
+from rxapp.stepformat import DRAFT
 from rxapp.vocab import HerbInputError, split_herb_list, vocab
 
 MAX_DRAFT_HERBS = 30  # the stepper's own list limit (rxapp.stepper.StepperConfig.max_herbs)
@@ -27,7 +28,7 @@ class Draft:
     @property
     def label(self) -> str:
         """How the draft is named to the practitioner: 麻黄汤 (《伤寒论》), or 初稿."""
-        return f"{self.formula.name}（《{self.formula.source_book}》）" if self.formula else "初稿"
+        return f"{self.formula.name}（《{self.formula.source_book}》）" if self.formula else DRAFT
 
     def to_dict(self) -> dict:
         return {"herbs": list(self.herbs), "unknown": list(self.unknown),

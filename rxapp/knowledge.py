@@ -1,6 +1,7 @@
 """Herb knowledge for the vocabulary herbs, read from assets/knowledge/: the KG's 功效, 性味, 归经 and taboo
 notes, the curated main actions (功效) and indications (主治) of the most-prescribed herbs, and from both the
-actions a step may cite for a herb and whether a herb treats a symptom."""
+actions a step may cite for a herb and whether a herb treats a symptom; and which of a herb's actions go with which
+symptoms in the training prescriptions (the teacher's evidence, so that the app's steps tie the same pairs)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from rxapp.vocab import vocab
 
 KNOWLEDGE_FILE = ASSETS / "knowledge" / "herbs.json"
 MAIN_ACTIONS_FILE = ASSETS / "knowledge" / "main_actions.csv"
+ASSOCIATIONS_FILE = ASSETS / "knowledge" / "action_symptoms.csv"
+ASSOCIATION_COLUMNS = ("herb", "action", "symptom", "log_lift")
 
 
 @dataclass(frozen=True)
@@ -132,3 +135,22 @@ def treats(herb: str, symptom: str) -> bool:
         return True
     facts = knowledge().get(herb)
     return bool(facts) and symptom in facts.effects
+
+
+@lru_cache(maxsize=1)
+def _associations() -> dict[str, dict[str, dict[str, float]]]:
+    if not ASSOCIATIONS_FILE.exists():
+        raise FileNotFoundError(f"{ASSOCIATIONS_FILE} is missing; rebuild it with: python -m pipeline knowledge")
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    with ASSOCIATIONS_FILE.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            table.setdefault(row["herb"], {}).setdefault(row["action"], {})[row["symptom"]] = float(row["log_lift"])
+    return table
+
+
+def associated(herb: str) -> dict[str, dict[str, float]]:
+    """For each citable action of `herb` (herb_actions): the symptoms the training prescriptions associate it with,
+    with the smoothed log lift, where a step may say so (the knowledge teacher's candidate pairs: the lift is
+    positive, and the herb's sources name the symptom or training prescriptions gave the herb for it). Built from
+    the training split by `python -m pipeline knowledge` (pipeline.data.teacher.associated_pairs)."""
+    return _associations().get(herb, {})

@@ -1,9 +1,10 @@
 """The prompt and response format shared by the trainer, the evaluator and the app.
 
-A prompt states the patient:
+A prompt states the patient, and the draft when there is one to revise:
 
     症状：恶寒、发热、头痛
     孕妇：否
+    初稿：麻黄、桂枝、杏仁、甘草
 
 A response has the paper's three parts. Each prescription line is one step that adds (加) or removes (减) one
 vocabulary herb, with a short explanation; the 【方解】 header is the decision to stop:
@@ -19,8 +20,9 @@ vocabulary herb, with a short explanation; the 【方解】 header is the decisi
 The 方解 is composed from the steps' own claims (`compose_summary`), so it names every prescribed herb once and no
 other; the model decides only when to stop.
 
-A draft to revise (a practitioner's list or a classical formula) is given as the first 加 lines of the response, as
-if the model had written them (the state is the list, as in FLAME); the model then removes (减麻黄：发汗，非本证所需)
+A draft to revise (a practitioner's list or a classical formula) is named in the prompt and given as the first 加 lines
+of the response, as if the model had written them (the state is the list, as in FLAME). The prompt's 初稿 line is how
+the model tells a draft, which may hold herbs to remove, from its own steps; it then removes (减麻黄：发汗，非本证所需)
 or adds herbs, and stops. Models of format 2 were trained to do so (`REVISION_FORMAT`).
 
 `parse_response` reads any prefix of a response (for streaming and step rewards) and never raises: a line that is
@@ -42,13 +44,14 @@ ANALYSIS_HEADER, PRESCRIPTION_HEADER, SUMMARY_HEADER = "【症状分析】", "�
 SECTIONS = ("analysis", "prescription", "summary")
 ADD, REMOVE = "加", "减"
 ACTIONS = {ADD: "add", REMOVE: "remove"}
-EXPLANATION_MARK, ACTION_SEPARATOR = "：", "、"  # 加麻黄：发汗解表、宣肺平喘，…
+EXPLANATION_MARK, ACTION_SEPARATOR, CLAUSE_SEPARATOR = "：", "、", "，"  # 加麻黄：发汗解表、宣肺平喘，主治恶寒
 INDICATION, USAGE = "主治", "用于"  # the explanation's claims about a symptom: a KG indication, a training statistic
 NO_RECORD = "知识库暂无此药记录"  # an explanation with nothing to say claims nothing
 NOT_NEEDED = "非本证所需"  # a removal's reason: the herb's action is not what this presentation needs
+DRAFT = "初稿"  # the prompt's line naming the draft to revise
 # Words the format itself writes; the domain tokenizer gives each one token.
 FORMAT_WORDS = ("症状", "孕妇", "是", "否", "症状分析", "处方", "方解", "主症", INDICATION, USAGE, ADD, REMOVE,
-                NO_RECORD, NOT_NEEDED)
+                NO_RECORD, NOT_NEEDED, DRAFT)
 
 STEP_LINE = re.compile(r"^(加|减)\s*([^：:\s]+)\s*(?:[：:]\s*(.*))?$")
 
@@ -67,13 +70,13 @@ def render_explanation(effects: Sequence[str] = (), indication: str | None = Non
         parts.append(f"{INDICATION}{indication}")
     elif usage:
         parts.append(f"{USAGE}{usage}")
-    return "，".join(parts) if parts else NO_RECORD
+    return CLAUSE_SEPARATOR.join(parts) if parts else NO_RECORD
 
 
 def explanation_claims(explanation: str) -> list[Claim]:
     """The checkable claims of an explanation written in the render_explanation form."""
     claims = []
-    for part in explanation.strip().rstrip("。").split("，"):
+    for part in explanation.strip().rstrip("。").split(CLAUSE_SEPARATOR):
         if part in (NO_RECORD, NOT_NEEDED) or not part:
             continue
         if part.startswith(INDICATION):
@@ -87,11 +90,12 @@ def explanation_claims(explanation: str) -> list[Claim]:
 
 def render_removal(actions: Sequence[str] = ()) -> str:
     """Why a draft's herb goes: its action, which this presentation does not need (<effect>，非本证所需)."""
-    return "，".join([*(["、".join(actions)] if actions else []), NOT_NEEDED])
+    return CLAUSE_SEPARATOR.join([*([ACTION_SEPARATOR.join(actions)] if actions else []), NOT_NEEDED])
 
 
-def render_prompt(symptoms: Sequence[str], pregnant: bool = False) -> str:
-    return f"症状：{'、'.join(symptoms)}\n孕妇：{'是' if pregnant else '否'}\n"
+def render_prompt(symptoms: Sequence[str], pregnant: bool = False, draft: Sequence[str] = ()) -> str:
+    drafted = f"{DRAFT}：{'、'.join(draft)}\n" if draft else ""
+    return f"症状：{'、'.join(symptoms)}\n孕妇：{'是' if pregnant else '否'}\n{drafted}"
 
 
 def render_analysis(symptoms: Sequence[str]) -> str:

@@ -29,7 +29,7 @@ from functools import cache
 import numpy as np
 
 from rxapp.backends import Backend
-from rxapp.decoding import claim_targets, greedy_stop, stop_probability
+from rxapp.decoding import ClaimRule, claim_rule, greedy_stop, stop_probability
 from rxapp.draft import Draft, DraftInputError
 from rxapp.formulas import Resemblance, resembled
 from rxapp.knowledge import HerbFacts, knowledge
@@ -38,6 +38,7 @@ from rxapp.ranking import rank_herbs
 from rxapp.safety import Patient, SafetyWarning, check_safety_weight, rules, warnings_cost
 from rxapp.stepformat import (
     ADD,
+    DRAFT,
     REMOVE,
     REVISION_FORMAT,
     SUMMARY_HEADER,
@@ -64,7 +65,7 @@ class StepperConfig:
         check_safety_weight(self.screen_weight, "screen_weight")
 
 
-STEP_WORDS = {"draft": "初稿", "add": ADD, "remove": REMOVE}  # how each kind of step is named to the practitioner
+STEP_WORDS = {"draft": DRAFT, "add": ADD, "remove": REMOVE}  # how each kind of step is named to the practitioner
 
 
 @dataclass
@@ -184,17 +185,15 @@ def addition_costs(current: list[str], patient: Patient, cfg: StepperConfig) -> 
 
 
 def free_text(backend: Backend, ids: list[int], stop: set[int], limit: int, cfg: StepperConfig,
-              rng: np.random.Generator, after: dict[int, list[int]] | None = None, banned: Sequence[int] = ()
-              ) -> list[int]:
-    """Tokens decoded until one of `stop` (included) or `limit` tokens, never a `banned` one; right after a token
-    that is a key of `after`, only the tokens it maps to."""
+              rng: np.random.Generator, rule: ClaimRule | None = None, banned: Sequence[int] = ()) -> list[int]:
+    """Tokens decoded until one of `stop` (included) or `limit` tokens, never a `banned` one; where `rule` allows
+    only some tokens after the text so far, one of those."""
     out: list[int] = []
     while len(out) < limit:
         logits = backend.logits(ids + out)
         for token in banned:
             logits[token] = -np.inf
-        last = out[-1] if out else ids[-1]
-        allowed = (after or {}).get(last)
+        allowed = rule.allowed(out) if rule else None
         if allowed is None and cfg.temperature <= 0:
             token = int(logits.argmax())  # choose()'s greedy pick, without the probability nobody reads here
         else:
@@ -222,7 +221,8 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
     herb_tokens = list(fmt.herbs)
     analysis = render_analysis(symptoms)
     head = steps_prefix(analysis)
-    ids = backend.prompt_ids(render_prompt(symptoms, patient.pregnant)) + backend.tokenize(head)
+    prompt = render_prompt(symptoms, patient.pregnant, draft.herbs if draft else ())
+    ids = backend.prompt_ids(prompt) + backend.tokenize(head)
     start = len(ids)
     result = Recommendation(list(symptoms), patient, analysis, draft)
     first_scores, stop_probabilities = None, []
@@ -233,7 +233,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
         before = result.herbs
         ids.extend([fmt.remove if action == "remove" else fmt.add, fmt.herbs[vocab().herb_id[herb]]])
         explanation = free_text(backend, ids, {fmt.newline, backend.eos}, cfg.max_explanation_tokens, cfg, rng,
-                                claim_targets(tokenize, herb, symptoms), banned=[fmt.stop])
+                                claim_rule(tokenize, herb, symptoms, tie=action != "remove"), banned=[fmt.stop])
         if explanation[-1] != fmt.newline:  # cut short: the step line still ends here
             explanation = [t for t in explanation if t != backend.eos] + [fmt.newline]
         ids.extend(explanation)

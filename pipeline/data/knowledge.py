@@ -1,15 +1,19 @@
-"""Build assets/knowledge/herbs.json from the raw KDHR knowledge-graph files, for every vocabulary herb."""
+"""Build assets/knowledge/herbs.json from the raw KDHR knowledge-graph files, for every vocabulary herb, and
+assets/knowledge/action_symptoms.csv, the teacher's action–symptom associations, from the training split."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from pathlib import Path
 
+from pipeline.data.records import load_split
+from pipeline.data.teacher import TrainStats, associated_pairs
 from pipeline.runfolder import write_text
 from rxapp import ASSETS
-from rxapp.knowledge import KNOWLEDGE_FILE
+from rxapp.knowledge import ASSOCIATION_COLUMNS, ASSOCIATIONS_FILE, KNOWLEDGE_FILE
 from rxapp.vocab import vocab
 
 KG_DIR = ASSETS / "data" / "kdhr-kg"
@@ -84,3 +88,16 @@ def build(out: Path = KNOWLEDGE_FILE, kg_dir: Path = KG_DIR) -> dict[str, int]:
     }
     write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", out)
     return coverage
+
+
+def build_associations(out: Path = ASSOCIATIONS_FILE, herb_lists: str = "clean") -> int:
+    """Write the teacher's (herb, action, symptom, log lift) associations, measured on the training split's
+    `herb_lists` (pipeline.data.teacher.associated_pairs); returns the number of rows. They depend on the shipped
+    herbs.json and main actions, which the teacher reads."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(ASSOCIATION_COLUMNS)
+    rows = associated_pairs(TrainStats.from_records(load_split("train", herb_lists)))
+    writer.writerows(rows)
+    write_text(text.getvalue(), out)
+    return len(rows)

@@ -2,10 +2,10 @@
 example the knowledge teacher writes for it. One corruption serves SFT's revision examples, GRPO's corrupted states
 and the revision evaluation.
 
-A revision example gives the draft as the first 加 lines of the response (`given`: the model is not trained to
-write them, so it never learns to add the wrong herbs), then removes each wrong herb (减, with the main action this
-presentation does not need), then adds back each dropped one (加, explained as `teach` explains), then the 方解 of
-the doctors' list.
+A revision example names the draft in its prompt (初稿) and gives it as the first 加 lines of the response (`given`:
+the model is not trained to write them, so it never learns to add the wrong herbs), then removes each wrong herb (减,
+with the main action this presentation does not need), then adds back each dropped one (加, explained as `teach`
+explains), then the 方解 of the doctors' list.
 """
 
 from __future__ import annotations
@@ -93,6 +93,6 @@ def teach_revision(record: Record, candidates: Sequence[str], stats: TrainStats,
     analysis = render_analysis(symptoms)
     given = steps_prefix(analysis) + "".join(render_step(h, e) for _, h, e in draft)  # what render_moves begins with
     response = render_moves(analysis, moves)
-    return {"id": f"{record.id}:revision", "symptoms": list(symptoms), "prompt": render_prompt(symptoms),
+    return {"id": f"{record.id}:revision", "symptoms": list(symptoms), "prompt": render_prompt(symptoms, draft=c.draft),
             "given": given, "response": response, "draft": list(c.draft), "dropped": list(c.dropped),
             "wrong": list(c.wrong), "herbs": list(record.herbs)}

@@ -129,6 +129,17 @@ def pair_score(herb: str, action: str, symptom: str, stats: TrainStats) -> float
     return lift + named
 
 
+def associated_pairs(stats: TrainStats) -> list[tuple[str, str, str, float]]:
+    """Every (herb, main action, symptom) that `explain` may cite together (pair_score above −∞), with its log lift:
+    the table the app ships (rxapp.knowledge.associated), so that its steps tie the pairs the teacher taught."""
+    v, out = vocab(), []
+    for herb in v.herbs:
+        for action, lifts in stats.actions.lifts_without(herb).items():
+            out += [(herb, action, v.symptoms[i], round(float(lifts[i]), 4)) for i in np.flatnonzero(lifts > 0)
+                    if treats(herb, v.symptoms[i]) or stats.p(herb, v.symptoms[i]) > 0]
+    return out
+
+
 def step_is_relevant(herb: str, explanation: str, symptoms: Sequence[str], stats: TrainStats) -> bool:
     """A step's reason is relevant when it cites a main action of the herb (herb_actions) for a symptom of this
     patient that went with that action beyond chance in training (ActionAssociation.lift > 0), or cites the herb's

@@ -3,8 +3,8 @@
 The 症状分析 of the default format follows from the prompt, so it is given, not generated; from 【处方】 on, a
 logits processor keeps decoding inside the step format exactly as the app's stepper does (rxapp.decoding): after
 a step only 加 (another step) or 【 (stop; 【方解】 is then given) may follow, chosen by the greedy stop rule
-(`greedy_stop`); after 加 only a vocabulary herb not already prescribed; and an explanation's 主治/用于 claims may
-only name the patient's symptoms.
+(`greedy_stop`); after 加 only a vocabulary herb not already prescribed; and an explanation cites what the app's
+claim rule allows (rxapp.decoding.claim_rule: the herb's actions, tied to the patient's symptoms).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from pipeline.metrics import jaccard
 from pipeline.model.llm import pad_rows
-from rxapp.decoding import FormatTokens, claim_targets, greedy_stop, stop_probability
+from rxapp.decoding import ClaimRule, FormatTokens, claim_rule, greedy_stop, stop_probability
 from rxapp.stepformat import SUMMARY_HEADER, encode_prompt, parse_response, render_analysis, render_prompt, steps_prefix
 from rxapp.vocab import vocab
 
@@ -34,7 +34,7 @@ class StepConstraints(LogitsProcessor):
         self.stop_threshold = stop_threshold
         self.herb_names = dict(zip(self.format.herbs, vocab().herbs, strict=True))
         self.header = self.tokenize(SUMMARY_HEADER + "\n")  # begins with the stop token 【
-        self.claims: dict[tuple[int, int], dict[int, list[int]]] = {}  # (row, herb token) -> claim_targets
+        self.claims: dict[tuple[int, int], ClaimRule] = {}  # (row, herb token) -> its explanation's claim rule
         self.stop_probabilities: dict[int, list[float]] = {}  # row -> at each step boundary so far
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -48,8 +48,8 @@ class StepConstraints(LogitsProcessor):
             if allowed is None and chosen and self.format.stop not in generated:  # inside a step's explanation
                 key = (row, chosen[-1])
                 if key not in self.claims:
-                    self.claims[key] = claim_targets(self.tokenize, self.herb_names[key[1]], self.symptom_sets[row])
-                allowed = self.claims[key].get(generated[-1])
+                    self.claims[key] = claim_rule(self.tokenize, self.herb_names[key[1]], self.symptom_sets[row])
+                allowed = self.claims[key].allowed(self.format.explanation(generated))
                 if allowed is None:
                     scores[row, self.format.stop] = float("-inf")
             if allowed == [self.format.add, self.format.stop]:  # a step boundary: the greedy stop rule decides

@@ -70,10 +70,15 @@ def add_herb_tokens(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) 
 
 
 def load_model(cfg: ModelConfig, device: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """A new domain model, or a pretrained base wrapped with LoRA adapters."""
+    """A new domain model (or a trained one to continue: `cfg.init`), or a pretrained base wrapped with LoRA
+    adapters."""
     if cfg.base is None:
-        tokenizer = build_tokenizer()
-        model = new_domain_model(cfg, tokenizer)
+        if cfg.init:
+            model, tokenizer = load_trained(Path(cfg.init))
+            model.train()
+        else:
+            tokenizer = build_tokenizer()
+            model = new_domain_model(cfg, tokenizer)
         if cfg.dropout:
             add_residual_dropout(model, cfg.dropout)
         return model.to(device), tokenizer

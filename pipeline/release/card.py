@@ -71,7 +71,9 @@ def stage_list(config: PipelineConfig, stages: Sequence[str]) -> str:
     sft, prefs, dpo, grpo = config.sft, config.prefs, config.dpo, config.grpo
     described = {
         "distill": f"teacher distillation (`{config.teacher.kind}` teacher)",
-        "sft": f"SFT ({sft.epochs} epochs at most, lr {sft.lr}, weight decay {sft.weight_decay}, step order "
+        "sft": f"SFT ({f'continuing `{config.model.init}`, ' if config.model.init else ''}{sft.epochs} epoch(s) at "
+               f"most, lr {sft.lr}, weight decay {sft.weight_decay}, revision examples {sft.revision_share} of the "
+               f"records per epoch, step order "
                f"`{sft.order}`, herb targets `{sft.herb_targets}` with the `{sft.set_loss}` loss, teacher weight "
                f"{sft.teacher_weight}, first-step copies of each record per epoch {sft.first_step_passes}, then "
                f"{sft.ranking_passes} ranking pass(es) over first-step copies alone at lr {sft.ranking_lr}; the "
@@ -145,8 +147,10 @@ def render_card(config: PipelineConfig, rows: Sequence[dict], files: Sequence[Pa
     shown = [{**r, "model": _label(r)} for r in rows]
     published = [{"model": f"{name} (published)", **m} for name, m in PUBLISHED.items()]
     model = config.model
+    origin = f"continued from `{model.init}` (its weights and tokenizer)" if model.init else (
+        "trained from scratch with the domain tokenizer")
     architecture = (f"LoRA r={model.lora_r} on {model.base}" if model.base else
-                    f"Qwen2-shaped, trained from scratch with the domain tokenizer: hidden {model.hidden_size}, "
+                    f"Qwen2-shaped, {origin}: hidden {model.hidden_size}, "
                     f"{model.layers} layers, {model.heads} heads ({model.kv_heads} KV), MLP {model.intermediate_size}")
     hashes = "\n".join(f"| `{f.name}` | {f.stat().st_size:,} | `{file_sha256(f)}` |" for f in files)
     return f"""# rx model card: `{config.name}`

@@ -4,7 +4,8 @@ import pytest
 
 from pipeline.config import PipelineConfig
 
-CONFIGS = ["configs/micro.yaml", "configs/default.yaml", "configs/qwen2.5-0.5b.yaml", "configs/qwen2.5-7b.yaml"]
+CONFIGS = ["configs/micro.yaml", "configs/default.yaml", "configs/default-revise.yaml", "configs/qwen2.5-0.5b.yaml",
+           "configs/qwen2.5-7b.yaml"]
 
 
 @pytest.mark.parametrize("path", CONFIGS)
@@ -28,12 +29,19 @@ def test_the_shipped_stage_must_be_a_trained_one(tmp_path):
 
 
 def test_the_defaults_are_the_shipped_model_settings():
-    # configs/default.yaml trained the shipped model; it overrides nothing, so a drift in a dataclass default would
-    # silently change what every other config inherits
+    # configs/default.yaml trained the model the shipped one continues from (configs/default-revise.yaml); it
+    # overrides nothing, so a drift in a dataclass default would silently change what every other config inherits
     shipped = PipelineConfig.load("configs/default.yaml").to_dict()
     assert shipped == {**PipelineConfig().to_dict(), "name": "default"}
     assert shipped["ship"] == "sft" and shipped["sft"]["set_loss"] == "sum" and shipped["sft"]["epochs"] == 2
     assert shipped["herb_lists"] == "clean"
+
+
+def test_a_base_to_adapt_and_a_model_to_continue_exclude_each_other(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  base: some/qwen\n  init: runs/default/sft/best\n")
+    with pytest.raises(ValueError, match="exclude each other"):
+        PipelineConfig.load(path)
 
 
 def test_the_herb_lists_must_be_raw_or_clean(tmp_path):

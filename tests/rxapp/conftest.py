@@ -1,13 +1,16 @@
-"""A real app server on the micro model and a real SQLite file, shared by the UI and browser tests."""
+"""A real app server on the micro model (or the shipped default) and a real SQLite file, shared by the UI and browser
+tests."""
 
 import socket
 import sqlite3
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 from gradio_client import Client
 
 from pipeline.data.records import load_split
+from rxapp import DEFAULT_MODEL
 from rxapp.engine import Engine
 from rxapp.feedback import FeedbackStore
 from rxapp.ui import build_app, launch_options
@@ -34,12 +37,12 @@ def symptom_text() -> str:
     return "，".join(load_split("test")[0].symptoms)
 
 
-@pytest.fixture(scope="module")
-def served(micro_export, tmp_path_factory):
+def serve(model, db_folder) -> Iterator[SimpleNamespace]:
+    """The app on `model`, with a new feedback database in `db_folder`, until the caller is done."""
     with Engine() as engine:
-        engine.load(micro_export / "model-f16.gguf", "llama", "cpu")
+        engine.load(model, "llama", "cpu")
         assert engine.model is not None, engine.error
-        store = FeedbackStore(tmp_path_factory.mktemp("db") / "rx.sqlite")
+        store = FeedbackStore(db_folder / "rx.sqlite")
         app = build_app(engine, store)
         port = free_port()
         app.launch(prevent_thread_lock=True, quiet=True, **launch_options("127.0.0.1", port))
@@ -48,3 +51,14 @@ def served(micro_export, tmp_path_factory):
             yield SimpleNamespace(url=url, store=store, engine=engine, client=Client(url, verbose=False))
         finally:
             app.close()
+
+
+@pytest.fixture(scope="module")
+def served(micro_export, tmp_path_factory):
+    yield from serve(micro_export / "model-f16.gguf", tmp_path_factory.mktemp("db"))
+
+
+@pytest.fixture(scope="module")
+def served_default(tmp_path_factory):
+    """The app on the shipped default model, the one trained to revise drafts."""
+    yield from serve(DEFAULT_MODEL, tmp_path_factory.mktemp("db"))

@@ -87,3 +87,37 @@ def test_a_medication_entered_shows_its_interaction_on_a_step_card(served, sympt
         expect(page.locator("#rx-output .rx-interactions")).to_contain_text(label, timeout=120_000)  # by the 方解
         browser.close()
 
+
+
+# a patient and a classical formula that the shipped default revises with a 减 (greedy decoding is deterministic):
+# it removes 杏仁 from 麻黄汤 for a cough with wheezing, a removal a practitioner would reject
+REVISED_CASE = ("恶寒，发热，无汗，头痛，身痛，咳嗽，气喘", "麻黄汤")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_a_formula_revised_with_a_removal_that_the_clinician_rejects(served_default):
+    symptoms, formula = REVISED_CASE
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(served_default.url)
+        page.get_by_label("症状（自由文本）Symptoms").fill(symptoms)
+        page.get_by_text("从初稿或经典方开始").click()
+        picker = page.locator("#rx-formula input")
+        picker.fill(formula)
+        picker.press("Enter")
+        page.get_by_role("button", name="生成处方 Recommend").click()
+        expect(page.locator("#rx-output .rx-draft")).to_contain_text(formula, timeout=60_000)
+        removal = page.locator("#rx-output .rx-step[data-action='remove']").first
+        expect(removal).to_be_visible(timeout=120_000)
+        expect(page.locator("#rx-session textarea, #rx-session input").first).not_to_have_value("", timeout=120_000)
+        label = page.locator("#rx-reject label", has_text="减").first
+        removed = label.inner_text().split()[-1]
+        label.click()
+        page.locator("#rx-rating").get_by_text("3", exact=True).click()
+        page.get_by_role("button", name="保存反馈 Save").click()
+        expect(page.locator("#rx-save-status")).to_contain_text("已保存", timeout=30_000)
+        browser.close()
+
+    [exported] = [r for r in served_default.store.preference_records() if r["draft"]]
+    assert exported["draft"]["formula"] == formula and exported["rejected_removals"] == [removed]

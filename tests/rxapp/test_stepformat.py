@@ -26,6 +26,8 @@ def test_round_trip():
     steps = [(s.action, s.herb, s.explanation) for s in r.steps]
     assert steps == [("add", "麻黄", "能发汗。"), ("add", "桂枝", "能解肌。")]
     assert render_prompt(["恶寒", "头痛"], pregnant=True) == "症状：恶寒、头痛\n孕妇：是\n"
+    # a draft to revise is named in the prompt: the model's only sign that the first 加 lines may hold herbs to remove
+    assert render_prompt(["恶寒"], draft=["麻黄", "桂枝"]) == "症状：恶寒\n孕妇：否\n初稿：麻黄、桂枝\n"
 
 
 def test_every_prefix_parses_and_the_list_only_grows_along_it():

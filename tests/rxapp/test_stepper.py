@@ -12,9 +12,10 @@ from pipeline.metrics import summary_metrics
 from rxapp.backends import HFBackend, LlamaBackend, ModelLoadError, load_backend
 from rxapp.decoding import greedy_stop, stop_probability
 from rxapp.draft import read_draft
+from rxapp.knowledge import associated
 from rxapp.modelinfo import FORMAT_KEY, HF_METADATA, VOCABULARY_KEY, ModelMismatchError
 from rxapp.safety import Patient
-from rxapp.stepformat import parse_response
+from rxapp.stepformat import explanation_claims, parse_response
 from rxapp.stepper import (
     DraftCheck,
     Recommendation,
@@ -212,3 +213,19 @@ def test_a_model_not_trained_on_drafts_builds_from_nothing_but_refuses_a_draft(m
         assert old.format_version == 1 and run(old, ["咳嗽"])[1].herbs
         with pytest.raises(ModelMismatchError, match="format v1"):
             next(iter(recommend(old, ["咳嗽"], Patient(), StepperConfig(), read_draft(formula="麻黄汤"))))
+
+
+def test_a_reason_ties_an_action_to_a_symptom_it_goes_with_whenever_the_herb_has_one(llama):
+    tied = 0
+    for record in load_split("test")[:10]:
+        _, final = run(llama, list(record.symptoms))
+        for step in final.steps:
+            pairs = {(a, s) for a, lifts in associated(step.herb).items() for s in lifts if s in record.symptoms}
+            if not pairs:
+                continue
+            claims = explanation_claims(step.explanation)
+            action = next(c.value for c in claims if c.kind == "effect")
+            cited = [c.value for c in claims if c.kind != "effect"]
+            assert len(cited) == 1 and (action, cited[0]) in pairs, (record.id, step.herb, step.explanation)
+            tied += 1
+    assert tied

@@ -7,7 +7,7 @@ import pytest
 from pipeline.data.records import load_split
 from pipeline.data.revision import MAX_CHANGES, corrupt, plausible, teach_revisions
 from pipeline.data.teacher import TrainStats
-from rxapp.stepformat import NOT_NEEDED, parse_response
+from rxapp.stepformat import NOT_NEEDED, parse_response, render_prompt
 from rxapp.vocab import vocab
 
 
@@ -40,6 +40,7 @@ def test_revision_examples_give_the_draft_then_remove_the_wrong_and_restore_the_
         parsed = parse_response(example["response"])
         assert parsed.well_formed and sorted(parsed.herbs) == sorted(record.herbs)
         assert example["response"].startswith(example["given"])
+        assert example["prompt"] == render_prompt(record.symptoms, draft=example["draft"])
         given = parse_response(example["given"], final=False)
         assert given.herbs == example["draft"] and all(s.action == "add" for s in given.steps)
         moves = parsed.steps[len(given.steps):]
