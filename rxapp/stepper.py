@@ -32,7 +32,7 @@ from rxapp.backends import Backend
 from rxapp.decoding import ClaimRule, claim_rule, greedy_stop, stop_probability
 from rxapp.draft import Draft, DraftInputError
 from rxapp.formulas import Resemblance, resembled
-from rxapp.knowledge import HerbFacts, knowledge
+from rxapp.knowledge import HerbFacts, associated, knowledge
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.ranking import rank_herbs
 from rxapp.safety import Patient, SafetyWarning, check_safety_weight, rules, warnings_cost
@@ -120,8 +120,10 @@ class Recommendation:
 
 
 def warm_up() -> None:
-    """Load what the first recommendation would otherwise load: vocabulary, knowledge, the safety screens."""
+    """Load what the first recommendation would otherwise load: vocabulary, knowledge and the action–symptom
+    associations of the claim rule, the safety screens."""
     knowledge()
+    associated(vocab().herbs[0])
     rules().addition_risks(vocab().herbs[:1], Patient(pregnant=True))
 
 

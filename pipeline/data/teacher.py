@@ -136,7 +136,7 @@ def associated_pairs(stats: TrainStats) -> list[tuple[str, str, str, float]]:
     for herb in v.herbs:
         for action, lifts in stats.actions.lifts_without(herb).items():
             out += [(herb, action, v.symptoms[i], round(float(lifts[i]), 4)) for i in np.flatnonzero(lifts > 0)
-                    if treats(herb, v.symptoms[i]) or stats.p(herb, v.symptoms[i]) > 0]
+                    if pair_score(herb, action, v.symptoms[i], stats) > -np.inf]
     return out
 
 

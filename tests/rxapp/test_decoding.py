@@ -1,5 +1,7 @@
 """The token-level claim rule of a step's explanation (rxapp.decoding.claim_rule), under the domain tokenizer."""
 
+from functools import cache
+
 import pytest
 
 from pipeline.model.tokenizer import build_tokenizer
@@ -10,19 +12,22 @@ from rxapp.stepformat import CLAUSE_SEPARATOR, EXPLANATION_MARK, INDICATION, USA
 SYMPTOMS = ["恶寒发热", "无汗", "头痛", "身痛", "咳嗽", "气喘"]
 
 
-@pytest.fixture(scope="module")
-def one():
-    tokenizer = build_tokenizer()
-
-    def token(text: str) -> int:
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        assert len(ids) == 1, text
-        return ids[0]
-    return token
+@cache
+def tokenizer():
+    return build_tokenizer()
 
 
 def tokenize(text: str) -> list[int]:
-    return build_tokenizer().encode(text, add_special_tokens=False)
+    return tokenizer().encode(text, add_special_tokens=False)
+
+
+@pytest.fixture(scope="module")
+def one():
+    def token(text: str) -> int:
+        ids = tokenize(text)
+        assert len(ids) == 1, text
+        return ids[0]
+    return token
 
 
 def test_an_action_is_tied_to_a_symptom_it_goes_with(one):
