@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "change")
     everything.set_defaults(run=run_all)
     knowledge = sub.add_parser("knowledge", help="rebuild assets/knowledge/herbs.json from the raw KDHR files, then "
-                               "the teacher's action–symptom associations from the training split")
+                               "the (herb, action, symptom) pairs a step may cite together")
     knowledge.add_argument("--out", type=Path, default=KNOWLEDGE_FILE, help="where to write (default: %(default)s)")
     knowledge.add_argument("--associations", type=Path, default=ASSOCIATIONS_FILE,
                            help="where to write the associations (default: %(default)s)")

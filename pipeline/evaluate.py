@@ -120,7 +120,7 @@ def explanation_metrics(predictions: Sequence[Prediction], records: Sequence[Rec
              for step in p.response.steps if step.valid and step.action == "add"]
     claims = [claim_is_grounded(claim, step.herb, r.symptoms, stats)
               for step, r in steps for claim in explanation_claims(step.explanation)]
-    relevant = [step_is_relevant(step.herb, step.explanation, r.symptoms, stats) for step, r in steps]
+    relevant = [step_is_relevant(step.herb, step.explanation, r.symptoms) for step, r in steps]
     cited = [claims_of[0].value == r.symptoms[0] for step, r in steps if len(r.symptoms) >= 2
              if (claims_of := [c for c in explanation_claims(step.explanation) if c.kind != "effect"])]
     return {"grounding": share(claims), "step_relevance": share(relevant), "first_symptom": share(cited)}

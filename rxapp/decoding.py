@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from math import prod, tanh
 
-from rxapp.knowledge import associated, herb_actions, treats
+from rxapp.knowledge import associated, herb_actions, lead_action, treats
 from rxapp.modelinfo import DEFAULT_STOP_THRESHOLD, ModelMismatchError
 from rxapp.stepformat import ACTION_SEPARATOR, ADD, CLAUSE_SEPARATOR, EXPLANATION_MARK, INDICATION, REMOVE, USAGE
 from rxapp.vocab import vocab
@@ -55,11 +55,12 @@ class FormatTokens:
                 held.pop(herb, None)
         return list(held)
 
-    def allowed(self, generated: list[int], max_herbs: int = MAX_DECODED_HERBS, revising: bool = False
+    def allowed(self, generated: list[int], max_herbs: int = MAX_DECODED_HERBS, draft_size: int = 0
                 ) -> list[int] | None:
         """Token ids allowed after `generated` (the tokens since 【处方】 and its newline), or None where the format
-        leaves the model free (explanations, 方解). When `revising` a draft (its herbs written as the first 加 steps),
-        a herb of the list may be removed; a herb removed is never added again, so a revision cannot cycle."""
+        leaves the model free (explanations, 方解). Revising a draft (its `draft_size` herbs written as the first 加
+        steps), a herb of the draft still in the list may be removed: not one the revision added (adding a herb only
+        to take it out again says nothing), and a herb removed is never added again, so a revision cannot cycle."""
         if self.stop in generated:
             return None
         last = generated[-1] if generated else self.newline
@@ -67,11 +68,13 @@ class FormatTokens:
         if last == self.add:
             taken = set(chosen) | {h for m, h in self.moves(generated) if m == self.remove}
             return [h for h in self.herbs if h not in taken]
+        drafted = {h for _, h in self.moves(generated)[:draft_size]}
+        removable = [h for h in chosen if h in drafted]
         if last == self.remove:
-            return chosen
+            return removable
         if last == self.newline:
             markers = [self.add] if len(chosen) < max_herbs else []
-            if revising and chosen:
+            if removable:
                 markers.append(self.remove)
             if not chosen:
                 return markers
@@ -99,10 +102,11 @@ class ClaimRule:
     mark: int | None  # the opening colon
     separator: int | None  # 、 between two actions
     clause: int | None  # ， before a claim about a symptom
-    actions: tuple[int, ...]  # the herb's citable actions, the tied ones alone when there are any
+    actions: tuple[int, ...]  # after the colon: the best pair's action, else the role or lead action, else any
     any_action: tuple[int, ...]  # every citable action of the herb (after 、)
     tied: dict[int, dict[int, list[int]]]  # action → 主治/用于 → the symptoms of this patient tied to it
     claims: dict[int, tuple[int, ...]]  # 主治/用于 → the symptoms it may name after an action not tied
+    alone: int | None  # the line's end, the only token after the action when none is tied to this patient
 
     def allowed(self, explanation: Sequence[int]) -> list[int] | None:
         """Token ids allowed after `explanation` (the tokens after the step's herb), or None where it is free."""
@@ -118,6 +122,8 @@ class ClaimRule:
             return list(tied)
         if tied and len(explanation) == 4:
             return list(tied[last])
+        if self.alone is not None and len(explanation) == 2 and explanation[0] == self.mark:
+            return [self.alone]
         if last == self.separator:
             return list(self.any_action) or None
         targets = self.claims.get(last)
@@ -127,14 +133,15 @@ class ClaimRule:
 def claim_rule(tokenize: Callable[[str], list[int]], herb: str, symptoms: Sequence[str], tie: bool = True
                ) -> ClaimRule:
     """What a step's explanation may say, so that it claims only what the sources give and ties the herb's action to
-    this patient's symptom where the training prescriptions do: after the opening colon, one of the herb's citable
-    actions (rxapp.knowledge.herb_actions), only those associated with one of the patient's symptoms
-    (rxapp.knowledge.associated) when there are any; after such an action, ，主治 or ，用于 and a symptom
-    associated with it (主治 where the herb's sources name the symptom, as the teacher writes it). After 、 any
-    citable action; after 主治 and 用于 otherwise, a symptom of this patient (for 主治, one the herb's sources say it
-    treats, when there is one: rxapp.knowledge.treats). Without `tie` (a removal, whose reason is an action this
-    patient does not need), nothing is tied. A constraint whose words the tokenizer does not make one token each is
-    left out."""
+    this patient's symptom where the sources pair them: after the opening colon, one of the herb's citable actions
+    (rxapp.knowledge.herb_actions), only that of the herb's best-scoring pair with one of the patient's symptoms
+    (rxapp.knowledge.associated; the pair the teacher cites) when there is one; after it, ，主治 or ，用于 and that
+    symptom (主治 where the herb's sources name the symptom, as the teacher writes it); equal best pairs are all
+    allowed. With no pair, the herb's role or lead action (rxapp.knowledge.lead_action) is the whole reason: no
+    symptom is claimed. Without `tie` (a removal, whose reason is an action this patient does not need), nothing is
+    tied: after 、 any citable action; after 主治 and 用于, a symptom of this patient (for 主治, one the herb's sources
+    say it treats, when there is one: rxapp.knowledge.treats). A constraint whose words the tokenizer does not make
+    one token each is left out."""
     def one(text: str) -> int | None:
         ids = tokenize(text)
         return ids[0] if len(ids) == 1 else None
@@ -146,13 +153,16 @@ def claim_rule(tokenize: Callable[[str], list[int]], herb: str, symptoms: Sequen
         indicated = [s for s in symptoms if treats(herb, s)] or list(symptoms)
         claims = {words[INDICATION]: tuple(words[s] for s in indicated),
                   words[USAGE]: tuple(words[s] for s in symptoms)}
-        for action, lifts in (associated(herb) if tie else {}).items():
-            for symptom in (s for s in symptoms if s in lifts and action in actions):
-                word = words[INDICATION if treats(herb, symptom) else USAGE]
-                tied.setdefault(actions[action], {}).setdefault(word, []).append(words[symptom])
-    marks = [one(m) for m in (EXPLANATION_MARK, ACTION_SEPARATOR, CLAUSE_SEPARATOR)]
+        pairs = [(scores[s], action, s) for action, scores in (associated(herb) if tie else {}).items()
+                 if action in actions for s in symptoms if s in scores]
+        best = max((score for score, _, _ in pairs), default=None)
+        for _, action, symptom in (p for p in pairs if p[0] == best):
+            word = words[INDICATION if treats(herb, symptom) else USAGE]
+            tied.setdefault(actions[action], {}).setdefault(word, []).append(words[symptom])
+    marks = [one(m) for m in (EXPLANATION_MARK, ACTION_SEPARATOR, CLAUSE_SEPARATOR, "\n")]
     if None in marks:
-        return ClaimRule(None, None, None, (), (), {}, claims)
-    mark, separator, clause = marks
-    return ClaimRule(mark, separator, clause, tuple(tied) or tuple(actions.values()), tuple(actions.values()), tied,
-                     claims)
+        return ClaimRule(None, None, None, (), (), {}, claims, None)
+    mark, separator, clause, end = marks
+    lead = actions.get(lead_action(herb)) if tie and not tied else None
+    return ClaimRule(mark, separator, clause, tuple(tied) or ((lead,) if lead else tuple(actions.values())),
+                     tuple(actions.values()), tied, claims, end if lead else None)

@@ -1,14 +1,14 @@
 """Herb knowledge for the vocabulary herbs, read from assets/knowledge/: the KG's 功效, 性味, 归经 and taboo
 notes, the curated main actions (功效) and indications (主治) of the most-prescribed herbs, and from both the
-actions a step may cite for a herb and whether a herb treats a symptom; and which of a herb's actions go with which
-symptoms in the training prescriptions (the teacher's evidence, so that the app's steps tie the same pairs)."""
+actions a step may cite for a herb and whether a herb treats a symptom; and for which symptoms a step may cite each
+of a herb's actions (the teacher's candidate pairs, so that the app's steps tie the same pairs)."""
 
 from __future__ import annotations
 
 import csv
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from rxapp import ASSETS
 from rxapp.stepformat import NO_RECORD
@@ -17,7 +17,7 @@ from rxapp.vocab import vocab
 KNOWLEDGE_FILE = ASSETS / "knowledge" / "herbs.json"
 MAIN_ACTIONS_FILE = ASSETS / "knowledge" / "main_actions.csv"
 ASSOCIATIONS_FILE = ASSETS / "knowledge" / "action_symptoms.csv"
-ASSOCIATION_COLUMNS = ("herb", "action", "symptom", "log_lift")
+ASSOCIATION_COLUMNS = ("herb", "action", "symptom", "score")
 
 
 @dataclass(frozen=True)
@@ -125,16 +125,28 @@ def herb_actions(herb: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(a.replace("、", "") for a in actions))  # 、 separates an explanation's actions
 
 
-@lru_cache(maxsize=65536)
-def treats(herb: str, symptom: str) -> bool:
-    """Whether a herb's sources name the symptom among what it treats: inside one of its curated 主治 terms (咳嗽 in
-    咳嗽痰多) or containing one (头痛 for the term 头痛), or as a knowledge-graph effect."""
+def lead_action(herb: str) -> str | None:
+    """What a step says for a herb tied to none of this patient's symptoms: its role (调和诸药) when it has one,
+    else its first citable action, the textbook's lead 功效."""
+    actions = herb_actions(herb)
+    return next((a for a in actions if a in ROLE_ACTIONS), actions[0] if actions else None)
+
+
+@cache
+def named_symptoms(herb: str) -> frozenset[str]:
+    """The vocabulary symptoms a herb's sources name among what it treats: inside one of its curated 主治 terms (咳嗽
+    in 咳嗽痰多) or containing one (头痛 for the term 头痛), or as a knowledge-graph effect."""
     curated = main_actions().get(herb)
-    if curated and len(symptom) >= 2 and any(symptom in term or (len(term) >= 2 and term in symptom)
-                                            for term in curated.indications):
-        return True
+    terms = [t for t in curated.indications if len(t) >= 2] if curated else []
     facts = knowledge().get(herb)
-    return bool(facts) and symptom in facts.effects
+    effects = set(facts.effects) if facts else set()
+    return frozenset(s for s in vocab().symptoms
+                     if s in effects or (len(s) >= 2 and any(s in t or t in s for t in terms)))
+
+
+def treats(herb: str, symptom: str) -> bool:
+    """Whether a herb's sources name the symptom among what it treats (named_symptoms)."""
+    return symptom in named_symptoms(herb)
 
 
 @lru_cache(maxsize=1)
@@ -144,13 +156,13 @@ def _associations() -> dict[str, dict[str, dict[str, float]]]:
     table: dict[str, dict[str, dict[str, float]]] = {}
     with ASSOCIATIONS_FILE.open(encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
-            table.setdefault(row["herb"], {}).setdefault(row["action"], {})[row["symptom"]] = float(row["log_lift"])
+            table.setdefault(row["herb"], {}).setdefault(row["action"], {})[row["symptom"]] = float(row["score"])
     return table
 
 
 def associated(herb: str) -> dict[str, dict[str, float]]:
-    """For each citable action of `herb` (herb_actions): the symptoms the training prescriptions associate it with,
-    with the smoothed log lift, where a step may say so (the knowledge teacher's candidate pairs: the lift is
-    positive, and the herb's sources name the symptom or training prescriptions gave the herb for it). Built from
-    the training split by `python -m pipeline knowledge` (pipeline.data.teacher.associated_pairs)."""
+    """For each citable action of `herb` (herb_actions): the symptoms a step may cite it for, with the pair's score
+    (the knowledge teacher's candidate pairs and their pair_score: the herb sources pair the action's words with the
+    symptom beyond chance, and the herb's sources name the symptom or training prescriptions gave the herb for it;
+    the teacher cites the best). Built by `python -m pipeline knowledge` (pipeline.data.teacher.associated_pairs)."""
     return _associations().get(herb, {})

@@ -235,7 +235,8 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
         before = result.herbs
         ids.extend([fmt.remove if action == "remove" else fmt.add, fmt.herbs[vocab().herb_id[herb]]])
         explanation = free_text(backend, ids, {fmt.newline, backend.eos}, cfg.max_explanation_tokens, cfg, rng,
-                                claim_rule(tokenize, herb, symptoms, tie=action != "remove"), banned=[fmt.stop])
+                                claim_rule(tokenize, herb, symptoms, tie=action != "remove"),
+                                banned=[fmt.stop, fmt.remove])  # a step's marker, never text
         if explanation[-1] != fmt.newline:  # cut short: the step line still ends here
             explanation = [t for t in explanation if t != backend.eos] + [fmt.newline]
         ids.extend(explanation)
@@ -256,7 +257,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
             scores = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
             yield step("draft", herb, float(np.exp(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))))
     while True:  # ids end with a newline: another step, or stop
-        allowed = fmt.allowed(ids[start:], cfg.max_herbs, revising=draft is not None)
+        allowed = fmt.allowed(ids[start:], cfg.max_herbs, len(draft.herbs) if draft else 0)
         if result.steps and len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
             allowed = [fmt.stop]  # no room for another step (加, the herb, its explanation) in the model's context
         pooled = None  # the pooled herb logits after 加 here, once asked for
@@ -276,9 +277,9 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
         if marker == fmt.stop:
             break
         held = result.herbs
-        if marker == fmt.remove:
+        if marker == fmt.remove:  # a herb of the draft still held (FormatTokens.allowed)
             cost = np.full(len(herb_tokens), math.inf)
-            cost[[vocab().herb_id[h] for h in held]] = 0.0
+            cost[[vocab().herb_id[h] for h in held if h in draft.herbs]] = 0.0
             pick, p = choose(backend.logits([*ids, fmt.remove])[herb_tokens], None, cfg, rng, cost)
             yield step("remove", vocab().herbs[pick], p)
             continue

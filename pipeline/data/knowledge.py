@@ -1,5 +1,6 @@
 """Build assets/knowledge/herbs.json from the raw KDHR knowledge-graph files, for every vocabulary herb, and
-assets/knowledge/action_symptoms.csv, the teacher's action–symptom associations, from the training split."""
+assets/knowledge/action_symptoms.csv, the (herb, action, symptom) pairs a step may cite together (the teacher's
+candidates)."""
 
 from __future__ import annotations
 
@@ -91,9 +92,9 @@ def build(out: Path = KNOWLEDGE_FILE, kg_dir: Path = KG_DIR) -> dict[str, int]:
 
 
 def build_associations(out: Path = ASSOCIATIONS_FILE, herb_lists: str = "clean") -> int:
-    """Write the teacher's (herb, action, symptom, log lift) associations, measured on the training split's
-    `herb_lists` (pipeline.data.teacher.associated_pairs); returns the number of rows. They depend on the shipped
-    herbs.json and main actions, which the teacher reads."""
+    """Write the teacher's candidate (herb, action, symptom) pairs with their score (pipeline.data.teacher
+    .associated_pairs; its 用于 pairs need the training split's `herb_lists` to have given the herb for the symptom);
+    returns the number of rows. They depend on the shipped herbs.json and main actions."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(ASSOCIATION_COLUMNS)

@@ -4,27 +4,34 @@ rxapp.stepformat). Every claim it makes is a sourced fact or a training statisti
 output can be cached and reproduced.
 
 Explanation: for each herb, the (main action, symptom) pair of this patient that best says why it is there. A pair
-is a candidate when the action goes with the symptom beyond chance in the training prescriptions (a positive log
-lift: prescriptions whose other herbs have the action were written for patients with the symptom more often than
-chance; ActionAssociation), and the herb's sources name the symptom among what it treats (rxapp.knowledge.treats)
-or training prescriptions gave the herb for it. A candidate scores its lift, plus 1 when the sources name the
-symptom. The best is cited, as 主治 when the sources name the symptom and 用于 otherwise; with none, the herb's role
-(调和诸药) when it has one, else, for no symptom, its main action that comes closest to one of this patient's (the
-highest lift, though not above chance; the main order breaks ties). It never cites an action the herb's sources do
-not give.
+is a candidate when the herb sources pair the action with the symptom well beyond chance (over the vocabulary
+herbs, those whose actions hold one of its words, 平喘 of 宣肺平喘, are named for the symptom at least twice as often
+as chance, or above chance where the word names the complaint relieved, 止痛 for 头痛; SourceAssociation,
+source_pairs), and the herb's own sources name the symptom among what it treats
+(rxapp.knowledge.treats) or training prescriptions gave the herb for it. A candidate scores its lift, plus 1 when
+the herb's sources name the symptom. The best is cited, as 主治 when the sources name the symptom and 用于 otherwise;
+with none, the herb's role (调和诸药) when it has one, else its lead action alone (rxapp.knowledge.lead_action): no
+symptom is claimed. It never cites an action the herb's sources do not give, nor ties an action to a symptom the
+sources do not pair it with.
+
+Why the sources and not the prescriptions: an action's association with a symptom measured on the prescriptions
+(the patients given other herbs with the action) is confounded by everything else those herbs do: it tied 黄芩's 安胎
+to 恶寒发热, 甘草's 祛痰止咳 to 潮热 and 麻黄's 利水消肿 to 气喘. The sources pair an action with what it treats.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
+from itertools import product
 
 import numpy as np
 
 from pipeline.data.baselines import CoOccurrence, herb_matrix
 from pipeline.data.records import Record
-from rxapp.knowledge import ROLE_ACTIONS, herb_actions, knowledge, treats
+from rxapp.knowledge import ROLE_ACTIONS, herb_actions, knowledge, lead_action, named_symptoms, treats
 from rxapp.stepformat import (
     Claim,
     explanation_claims,
@@ -35,48 +42,62 @@ from rxapp.stepformat import (
 )
 from rxapp.vocab import vocab
 
-SMOOTHING = 5.0  # pseudo-prescriptions added to both sides of a lift, so that rare actions do not win on a few
+MIN_HERBS = 2  # herbs that must pair an action word with a symptom before the sources' pairing counts
+MIN_LIFT = float(np.log(2))  # below twice chance, the pairs read on validation were mostly wrong (甘草 清热解毒 噎膈)
+RELIEVING = frozenset("止退平消散除祛明")  # verbs whose object is the complaint relieved: 止痛, 退热, 平喘, 明目
 
 
-class ActionAssociation:
-    """Which actions (功效) of the prescribed herbs go with which symptoms beyond chance in the training
-    prescriptions: a prescription has an action when one of its herbs does (rxapp.knowledge.herb_actions). For one
-    herb's explanation it is measured without that herb, so that the patients 麻黄 was given for do not make every
-    action of 麻黄 look like it treats their symptoms: only the other herbs sharing the action speak for it."""
+def echoes(action: str, symptom: str) -> bool:
+    """Whether the action names the complaint it relieves in the symptom: 止痛 in 祛风止痛 for 头痛, 退热 for 壮热."""
+    return any(len(w) == 2 and w[0] in RELIEVING and w[1] in symptom for w in action_words(action))
 
-    def __init__(self, train: Sequence[Record]) -> None:
-        v = vocab()
-        actions = sorted({a for h in v.herbs for a in herb_actions(h)})
-        self.index = {a: i for i, a in enumerate(actions)}
-        self.herbs = [set(r.herbs) for r in train]
-        self.carriers = np.zeros((len(train), len(actions)), dtype=np.uint8)  # herbs of the record with the action
-        self.symptoms = np.zeros((len(train), len(v.symptoms)), dtype=np.float32)
-        for row, record in enumerate(train):
-            for herb in record.herbs:
-                self.carriers[row, [self.index[a] for a in herb_actions(herb)]] += 1
-            self.symptoms[row, [v.symptom_id[s] for s in record.symptoms]] = 1
-        self.together = (self.carriers > 0).T.astype(np.float32) @ self.symptoms  # actions × symptoms
-        self.with_action = (self.carriers > 0).sum(axis=0)
-        self.with_symptom = self.symptoms.sum(axis=0)
 
-    @lru_cache(maxsize=1024)  # noqa: B019 (one per teacher run; the herbs' lifts are asked again for every record)
-    def lifts_without(self, herb: str) -> dict[str, np.ndarray]:
-        """For each action of `herb`: its smoothed log lift with every symptom, `herb`'s own prescriptions counting
-        for the action only where another of their herbs has it."""
-        rows = [i for i, herbs in enumerate(self.herbs) if herb in herbs]
-        out = {}
-        for action in herb_actions(herb):
-            a = self.index[action]
-            only_this = [r for r in rows if self.carriers[r, a] == 1]
-            together = self.together[a] - self.symptoms[only_this].sum(axis=0)
-            expected = (self.with_action[a] - len(only_this)) * self.with_symptom / len(self.herbs)
-            out[action] = np.log((together + SMOOTHING) / (expected + SMOOTHING))
-        return out
+def action_words(action: str) -> tuple[str, ...]:
+    """The verb–object words an action is made of (止咳平喘: 止咳, 平喘); one of odd length (补肝肾) is one word."""
+    return (action,) if len(action) % 2 else tuple(action[i:i + 2] for i in range(0, len(action), 2))
 
-    def lift(self, herb: str, action: str, symptom: str) -> float:
-        """> 0: prescriptions whose other herbs have `action` were written for `symptom` more often than chance."""
-        lifts = self.lifts_without(herb)
-        return float(lifts[action][vocab().symptom_id[symptom]]) if action in lifts else -np.inf
+
+class SourceAssociation:
+    """Which actions the herb sources pair with which symptoms: over the vocabulary herbs with citable actions
+    (rxapp.knowledge.herb_actions), an action word goes with a symptom when the herbs whose actions hold the word are
+    named for the symptom (rxapp.knowledge.named_symptoms) more often than chance, by MIN_HERBS herbs at least. An
+    action scores the best of its words. Textbook evidence, independent of the prescriptions."""
+
+    def __init__(self) -> None:
+        herbs = [h for h in vocab().herbs if herb_actions(h)]
+        self.herbs = len(herbs)
+        self.with_word: Counter[str] = Counter()
+        self.with_symptom: Counter[str] = Counter()
+        self.together: Counter[tuple[str, str]] = Counter()
+        for herb in herbs:
+            words = {w for a in herb_actions(herb) for w in action_words(a)}
+            named = named_symptoms(herb)
+            self.with_word.update(words)
+            self.with_symptom.update(named)
+            self.together.update(product(words, named))
+        self.named_with: dict[str, set[str]] = {}  # word → the symptoms named for a herb whose actions hold it
+        for word, symptom in self.together:
+            self.named_with.setdefault(word, set()).add(symptom)
+
+    def lift(self, action: str, symptom: str) -> float:
+        """> 0: the sources pair a word of `action` with `symptom` beyond chance; the log of observed over expected
+        herbs, one herb added to the expected count so that two rare words sharing a symptom do not count for much."""
+        def word_lift(word: str) -> float:
+            together = self.together[word, symptom]
+            if together < MIN_HERBS:
+                return -np.inf
+            return float(np.log(together / (self.with_word[word] * self.with_symptom[symptom] / self.herbs + 1)))
+        return max(map(word_lift, action_words(action)))
+
+    def symptoms(self, action: str) -> list[str]:
+        """The symptoms the sources pair `action` with (source_pairs), in vocabulary order."""
+        named = {s for w in action_words(action) for s in self.named_with.get(w, ())}
+        return [s for s in vocab().symptoms if s in named and source_pairs(action, s, self.lift(action, s))]
+
+
+@cache
+def source_association() -> SourceAssociation:
+    return SourceAssociation()
 
 
 @dataclass
@@ -85,11 +106,10 @@ class TrainStats:
 
     conditional: np.ndarray  # symptoms × herbs: P(herb | symptom)
     popularity: np.ndarray  # herbs: number of training prescriptions
-    actions: ActionAssociation
 
     @classmethod
     def from_records(cls, train: Sequence[Record]) -> TrainStats:
-        return cls(CoOccurrence().fit(train).conditional, herb_matrix(train).sum(axis=0), ActionAssociation(train))
+        return cls(CoOccurrence().fit(train).conditional, herb_matrix(train).sum(axis=0))
 
     def p(self, herb: str, symptom: str) -> float:
         v = vocab()
@@ -122,28 +142,34 @@ def claim_is_grounded(claim: Claim, herb: str, symptoms: Sequence[str], stats: T
 
 def pair_score(herb: str, action: str, symptom: str, stats: TrainStats) -> float:
     """How well "this action, for this symptom" says why the herb is there (see the module docstring); -inf when
-    the action does not go with the symptom beyond chance."""
-    lift, named = stats.actions.lift(herb, action, symptom), treats(herb, symptom)
-    if lift <= 0 or not (named or stats.p(herb, symptom) > 0):  # 用于 claims a herb was given for the symptom
+    the sources do not pair the action with the symptom."""
+    lift, named = source_association().lift(action, symptom), treats(herb, symptom)
+    if not source_pairs(action, symptom, lift) or not (named or stats.p(herb, symptom) > 0):  # 用于: it was given
         return -np.inf
     return lift + named
 
 
+def source_pairs(action: str, symptom: str, lift: float) -> bool:
+    """Whether the sources pair the action with the symptom: at least twice as often as chance (MIN_LIFT), or above
+    chance where the action names the complaint relieved (echoes): 止痛 and 头痛 are both too common for a high
+    lift."""
+    return lift >= MIN_LIFT or (lift > 0 and echoes(action, symptom))
+
+
 def associated_pairs(stats: TrainStats) -> list[tuple[str, str, str, float]]:
-    """Every (herb, main action, symptom) that `explain` may cite together (pair_score above −∞), with its log lift:
-    the table the app ships (rxapp.knowledge.associated), so that its steps tie the pairs the teacher taught."""
-    v, out = vocab(), []
-    for herb in v.herbs:
-        for action, lifts in stats.actions.lifts_without(herb).items():
-            out += [(herb, action, v.symptoms[i], round(float(lifts[i]), 4)) for i in np.flatnonzero(lifts > 0)
-                    if pair_score(herb, action, v.symptoms[i], stats) > -np.inf]
+    """Every (herb, main action, symptom) that `explain` may cite together, with its pair_score (above −∞): the
+    table the app ships (rxapp.knowledge.associated), so that its steps cite the pair the teacher would."""
+    out = []
+    for herb in vocab().herbs:
+        for action in herb_actions(herb):
+            scored = [(s, pair_score(herb, action, s, stats)) for s in source_association().symptoms(action)]
+            out += [(herb, action, s, round(score, 4)) for s, score in scored if score > -np.inf]
     return out
 
 
-def step_is_relevant(herb: str, explanation: str, symptoms: Sequence[str], stats: TrainStats) -> bool:
+def step_is_relevant(herb: str, explanation: str, symptoms: Sequence[str]) -> bool:
     """A step's reason is relevant when it cites a main action of the herb (herb_actions) for a symptom of this
-    patient that went with that action beyond chance in training (ActionAssociation.lift > 0), or cites the herb's
-    role alone (调和诸药)."""
+    patient that the herb sources pair with the action (source_pairs), or cites the herb's role alone (调和诸药)."""
     claims = explanation_claims(explanation)
     actions = [c.value for c in claims if c.kind == "effect"]
     cited = [c.value for c in claims if c.kind != "effect" and c.value in symptoms]
@@ -151,22 +177,20 @@ def step_is_relevant(herb: str, explanation: str, symptoms: Sequence[str], stats
         return False
     if not cited:
         return actions[0] in ROLE_ACTIONS
-    return any(stats.actions.lift(herb, actions[0], s) > 0 for s in cited)
+    return any(source_pairs(actions[0], s, source_association().lift(actions[0], s)) for s in cited)
 
 
 def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:
-    """Why this herb for this patient: the best-scoring (main action, symptom) pair, its role, or its closest main
-    action alone (see the module docstring)."""
+    """Why this herb for this patient: the best-scoring (main action, symptom) pair, else its role or lead action
+    alone (see the module docstring)."""
     actions = herb_actions(herb)
     pairs = [(pair_score(herb, a, s, stats), -i, -j, a, s) for i, a in enumerate(actions)
              for j, s in enumerate(symptoms)]
     score, _, _, action, symptom = max(pairs, default=(-np.inf, 0, 0, None, None))
     if score > 0:
         return render_explanation([action], *((symptom, None) if treats(herb, symptom) else (None, symptom)))
-    role = next((a for a in actions if a in ROLE_ACTIONS), None)
-    if role or actions:
-        return render_explanation([role or max(actions, key=lambda a: max(
-            (stats.actions.lift(herb, a, s) for s in symptoms), default=-np.inf))])
+    if lead := lead_action(herb):
+        return render_explanation([lead])
     return render_explanation(usage=stats.usage(herb, symptoms))
 
 

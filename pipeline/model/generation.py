@@ -50,8 +50,8 @@ class StepConstraints(LogitsProcessor):
                 if key not in self.claims:
                     self.claims[key] = claim_rule(self.tokenize, self.herb_names[key[1]], self.symptom_sets[row])
                 allowed = self.claims[key].allowed(self.format.explanation(generated))
-                if allowed is None:
-                    scores[row, self.format.stop] = float("-inf")
+                if allowed is None:  # free text, which never holds a step's marker (rxapp.stepper.free_text)
+                    scores[row, [self.format.stop, self.format.remove]] = float("-inf")
             if allowed == [self.format.add, self.format.stop]:  # a step boundary: the greedy stop rule decides
                 seen = self.stop_probabilities.setdefault(row, [])
                 if len(seen) < len(chosen):

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.model.tokenizer import build_tokenizer
 from rxapp.decoding import claim_rule
-from rxapp.knowledge import associated, herb_actions, treats
+from rxapp.knowledge import associated, herb_actions, lead_action, treats
 from rxapp.stepformat import CLAUSE_SEPARATOR, EXPLANATION_MARK, INDICATION, USAGE
 
 SYMPTOMS = ["恶寒发热", "无汗", "头痛", "身痛", "咳嗽", "气喘"]
@@ -30,30 +30,33 @@ def one():
     return token
 
 
-def test_an_action_is_tied_to_a_symptom_it_goes_with(one):
+def test_a_step_may_cite_only_the_herbs_best_pair_with_this_patient(one):
     rule = claim_rule(tokenize, "麻黄", SYMPTOMS)
-    pairs = {(a, s) for a, lifts in associated("麻黄").items() for s in lifts if s in SYMPTOMS}
+    pairs = [(score, a, s) for a, scores in associated("麻黄").items() for s, score in scores.items() if s in SYMPTOMS]
+    assert len({a for _, a, _ in pairs}) > 1  # several actions of 麻黄 go with this patient; the best is cited
+    _, action, symptom = max(pairs)
     mark = one(EXPLANATION_MARK)
-    assert set(rule.allowed([mark])) == {one(a) for a, _ in pairs}  # only the actions tied to this patient
-    action = one("发汗解表")
-    assert rule.allowed([mark, action]) == [one(CLAUSE_SEPARATOR)]
-    words = rule.allowed([mark, action, one(CLAUSE_SEPARATOR)])
-    assert set(words) <= {one(INDICATION), one(USAGE)} and words
-    for word in words:
-        named = word == one(INDICATION)
-        expected = {one(s) for a, s in pairs if a == "发汗解表" and treats("麻黄", s) == named}
-        assert set(rule.allowed([mark, action, one(CLAUSE_SEPARATOR), word])) == expected
-    assert rule.allowed([mark, action, one(CLAUSE_SEPARATOR), words[0], rule.allowed(
-        [mark, action, one(CLAUSE_SEPARATOR), words[0]])[0]]) is None  # then free: the line ends
+    assert rule.allowed([mark]) == [one(action)]
+    assert rule.allowed([mark, one(action)]) == [one(CLAUSE_SEPARATOR)]
+    word = INDICATION if treats("麻黄", symptom) else USAGE
+    assert rule.allowed([mark, one(action), one(CLAUSE_SEPARATOR)]) == [one(word)]
+    assert rule.allowed([mark, one(action), one(CLAUSE_SEPARATOR), one(word)]) == [one(symptom)]
+    assert rule.allowed([mark, one(action), one(CLAUSE_SEPARATOR), one(word), one(symptom)]) is None  # the line ends
 
 
-def test_without_a_tie_any_citable_action_and_the_patients_symptoms(one):
+def test_a_removal_may_cite_any_citable_action_and_the_patients_symptoms(one):
     mark = one(EXPLANATION_MARK)
-    removal = claim_rule(tokenize, "麻黄", SYMPTOMS, tie=False)  # a removal's reason
+    removal = claim_rule(tokenize, "麻黄", SYMPTOMS, tie=False)  # a removal's reason: nothing is tied
     assert set(removal.allowed([mark])) == {one(a) for a in herb_actions("麻黄")}
     assert removal.allowed([mark, one("发汗解表")]) is None
     assert set(removal.allowed([mark, one("发汗解表"), one(CLAUSE_SEPARATOR), one(USAGE)])) == {
         one(s) for s in SYMPTOMS}
+
+
+
+def test_a_herb_tied_to_none_of_the_symptoms_cites_its_lead_action_alone(one):
+    mark = one(EXPLANATION_MARK)
     lonely = claim_rule(tokenize, "人参", ["无汗"])  # no action of 人参 goes with 无汗
-    assert not any("无汗" in lifts for lifts in associated("人参").values())
-    assert set(lonely.allowed([mark])) == {one(a) for a in herb_actions("人参")}
+    assert not any("无汗" in scores for scores in associated("人参").values())
+    assert lonely.allowed([mark]) == [one(lead_action("人参"))]
+    assert lonely.allowed([mark, one(lead_action("人参"))]) == [one("\n")]  # no symptom is claimed

@@ -92,15 +92,19 @@ def test_a_revision_round_trips_and_its_summary_names_only_what_is_left():
     assert explanation_claims(render_removal(["回阳救逆"])) == [Claim("effect", "回阳救逆")]
 
 
-def test_format_tokens_allow_removals_only_of_held_herbs_and_never_a_removed_herb_again():
+def test_format_tokens_allow_removals_only_of_held_draft_herbs_and_never_a_removed_herb_again():
     herbs = tuple(range(100, 110))
     fmt = FormatTokens(add=1, remove=2, stop=3, newline=4, herbs=herbs)
     draft = [1, 100, 9, 4, 1, 101, 9, 4]  # 加A：…\n 加B：…\n (9: an explanation token)
     assert fmt.allowed(draft) == [1, 3]  # building from nothing: no removal
-    assert fmt.allowed(draft, revising=True) == [1, 2, 3]
-    assert fmt.allowed([*draft, 2], revising=True) == [100, 101]
+    assert fmt.allowed(draft, draft_size=2) == [1, 2, 3]
+    assert fmt.allowed([*draft, 2], draft_size=2) == [100, 101]
     removed = [*draft, 2, 100, 9, 4]
     assert fmt.chosen(removed) == [101]
-    assert 100 not in fmt.allowed([*removed, 1], revising=True) and 101 not in fmt.allowed([*removed, 1])
-    assert fmt.allowed(draft, max_herbs=2, revising=True) == [2, 3]  # full: only removing or stopping
-    assert fmt.allowed([], revising=True) == [1] and fmt.allowed([*draft, 3]) is None
+    assert 100 not in fmt.allowed([*removed, 1], draft_size=2) and 101 not in fmt.allowed([*removed, 1])
+    assert fmt.allowed(draft, max_herbs=2, draft_size=2) == [2, 3]  # full: only removing or stopping
+    assert fmt.allowed([], draft_size=0) == [1] and fmt.allowed([*draft, 3]) is None
+    added = [*draft, 1, 102, 9, 4]  # 加C：… after the draft
+    assert fmt.allowed([*added, 2], draft_size=2) == [100, 101]  # C, added in the revision, is not removable
+    emptied = [*added, 2, 100, 9, 4, 2, 101, 9, 4]  # both draft herbs removed: only C is left
+    assert fmt.allowed(emptied, draft_size=2) == [1, 3]

@@ -15,6 +15,7 @@ from rxapp.modelinfo import FORMAT_KEY, HF_METADATA, STOP_KEY, VOCABULARY_KEY, c
 from rxapp.stepformat import encode_prompt, render_prompt
 
 NEAR_TIE = 1e-3  # a greedy choice this close to a tie may go either way under f16 weights
+Q4_NEAR_TIE = 0.05  # llama.cpp's Q4_K kernels also round the activations to 8 bits: ties are wider
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +116,15 @@ def test_unpacked_q4_k_m_decodes_greedily_as_llama_cpp_does(micro_export, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     model, tokenizer = load_trained(out)
     llm = load(micro_export / "model-q4_k_m.gguf")
+    margins = []
     try:
-        agree = sum(greedy_hf(model, ids, 160, tokenizer.eos_token_id) == greedy_gguf(llm, ids, 160)
-                    for ids in (encode_prompt(tokenizer, render_prompt(r.symptoms)) for r in load_split("test")[:20]))
+        for record in load_split("test")[:20]:
+            ids = encode_prompt(tokenizer, render_prompt(record.symptoms))
+            ours, theirs = greedy_hf(model, ids, 160, tokenizer.eos_token_id), greedy_gguf(llm, ids, 160)
+            if ours != theirs:
+                first = next(i for i, (a, b) in enumerate(zip([*ours, -1], [*theirs, -1], strict=False)) if a != b)
+                top2 = model(torch.tensor([ids + ours[:first]])).logits[0, -1].log_softmax(-1).topk(2).values
+                margins.append(float(top2[0] - top2[1]))
     finally:
         llm.close()
-    assert agree >= 16, f"only {agree} of 20 greedy decodings agree"
+    assert len(margins) <= 10 and all(m < Q4_NEAR_TIE for m in margins), margins
