@@ -90,7 +90,7 @@ def test_a_medication_entered_shows_its_interaction_on_a_step_card(served, sympt
 
 
 # a patient and a classical formula that the shipped default revises with a 减 (greedy decoding is deterministic):
-# it removes 杏仁 from 麻黄汤 for a cough with wheezing, a removal a practitioner would reject
+# it removes 麻黄 and 杏仁 from 麻黄汤 for a cough with wheezing, removals a practitioner would reject
 REVISED_CASE = ("恶寒，发热，无汗，头痛，身痛，咳嗽，气喘", "麻黄汤")
 
 
