@@ -64,22 +64,20 @@ class FormatTokens:
         if self.stop in generated:
             return None
         last = generated[-1] if generated else self.newline
-        chosen = self.chosen(generated)
+        if last not in (self.add, self.remove, self.newline):
+            return None  # inside an explanation: the list is only read at a marker or a step's end
+        moves, chosen = self.moves(generated), self.chosen(generated)
         if last == self.add:
-            taken = set(chosen) | {h for m, h in self.moves(generated) if m == self.remove}
+            taken = set(chosen) | {h for m, h in moves if m == self.remove}
             return [h for h in self.herbs if h not in taken]
-        drafted = {h for _, h in self.moves(generated)[:draft_size]}
+        drafted = {h for _, h in moves[:draft_size]}
         removable = [h for h in chosen if h in drafted]
         if last == self.remove:
             return removable
-        if last == self.newline:
-            markers = [self.add] if len(chosen) < max_herbs else []
-            if removable:
-                markers.append(self.remove)
-            if not chosen:
-                return markers
-            return [*markers, self.stop]
-        return None
+        markers = [self.add] if len(chosen) < max_herbs else []
+        if removable:
+            markers.append(self.remove)
+        return [*markers, self.stop] if chosen else markers
 
 
 def stop_probability(add_logit: float, stop_logit: float) -> float:
