@@ -57,7 +57,7 @@ def measure(row: str, model_dir: Path, cases: int) -> dict:
         backend = LlamaBackend(gguf, n_threads=2)
     else:
         gguf = model_dir / "model-f16.gguf"
-        backend = HFBackend(model_dir / "hf", quantization="none" if precision == "fp32" else precision)
+        backend = HFBackend.load(model_dir / "hf", quantization="none" if precision == "fp32" else precision)
     import llama_cpp
 
     records = load_split("test")[: cases + 1]

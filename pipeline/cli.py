@@ -1,7 +1,7 @@
 """Command line of the training pipeline: `python -m pipeline run` (every stage), one trained stage at a time
 (`sft | small | prefs | dpo | grpo | tradeoff`, generated from `pipeline.run.STAGES`), and the tools that work on any
-paths: `knowledge`, `distill`, `export`, `evaluate`, `card`, `ship` (an export becomes the app's default model) and
-`unpack` (an exported GGUF back into a trainable folder)."""
+paths: `knowledge`, `distill`, `tune-stop`, `export`, `evaluate`, `card`, `ship` (an export becomes the app's default
+model) and `unpack` (an exported GGUF back into a trainable folder)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,20 @@ def run_distill(args: argparse.Namespace) -> int:
         endpoint = Endpoint(args.teacher_url, args.teacher_model, requests_per_minute=args.rpm)
     for split, path in distill(args.split, args.out, args.lists, endpoint, args.limit).items():
         print(f"{split}: {path}")
+    return 0
+
+
+def run_tune_stop(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.config import StoppingConfig
+    from pipeline.data.records import load_split
+    from pipeline.model.stopping import tune_stopping
+
+    validation = [{"symptoms": r.symptoms, "herbs": r.herbs} for r in load_split("validation", args.lists)]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    thresholds = tune_stopping(args.model, validation, device, StoppingConfig())
+    print(f"{args.model}: stop threshold {thresholds.scratch:g}, revision stop threshold {thresholds.revision:g}")
     return 0
 
 
@@ -143,16 +157,16 @@ def run_card(args: argparse.Namespace) -> int:
     from pipeline.config import PipelineConfig
     from pipeline.release.card import export_files, write_card
     from pipeline.release.export import gguf_fields
-    from rxapp.modelinfo import saved_stop_threshold, stop_threshold
+    from rxapp.modelinfo import saved_stop_thresholds, stop_thresholds
 
     files = export_files(args.export)
     if not files:
         raise FileNotFoundError(f"{args.export} holds no exported model (run `python -m pipeline export` first)")
     if (args.export / "hf").is_dir():
-        threshold = saved_stop_threshold(args.export / "hf")
+        thresholds = saved_stop_thresholds(args.export / "hf")
     else:  # a GGUF-only export, e.g. the shipped model's folder
-        threshold = stop_threshold(gguf_fields(gguf.GGUFReader(str(files[0]))))
-    print(write_card(PipelineConfig.load(args.config), args.eval, files, args.export / "card.md", threshold,
+        thresholds = stop_thresholds(gguf_fields(gguf.GGUFReader(str(files[0]))))
+    print(write_card(PipelineConfig.load(args.config), args.eval, files, args.export / "card.md", thresholds,
                      args.stages, args.tradeoff, args.revision))
     return 0
 
@@ -238,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "as published (default %(default)s)")
     distill.set_defaults(run=run_distill)
     add_stage_commands(sub)
+    tune = sub.add_parser("tune-stop", help="re-tune a trained model's two stop thresholds (from nothing; revising a "
+                          "draft) on the validation split and write them into its rx.json; then export it again")
+    tune.add_argument("--model", type=Path, required=True, help="trained model folder, e.g. RUN/sft/best or EXPORT/hf")
+    tune.add_argument("--lists", default="clean", choices=HERB_LISTS,
+                      help="the validation herb lists to tune on: those the model learned from (default %(default)s)")
+    tune.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+    tune.set_defaults(run=run_tune_stop)
     export = sub.add_parser("export", help="merged HF folder, GGUF f16 and quantised GGUFs of a trained model")
     export.add_argument("--model", type=Path, required=True, help="trained model folder, e.g. RUN/sft/best")
     export.add_argument("--out", type=Path, required=True, help="output folder (hf/, model-f16.gguf, model-Q.gguf)")

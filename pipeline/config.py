@@ -79,6 +79,15 @@ class SFTConfig:
 
 
 @dataclass
+class StoppingConfig:
+    """Tuning a trained model's two stop thresholds on validation (pipeline/model/stopping.py), after SFT, DPO, and
+    GRPO with grpo.retune_stop."""
+
+    cases: int = 1000  # from nothing: the first validation cases
+    revision_cases: int = 300  # revising: drafts of the first validation cases, through the app's stepper
+
+
+@dataclass
 class SmallConfig:
     """The small BART of the preference stage (`pipeline small`)."""
 
@@ -181,6 +190,7 @@ class PipelineConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    stopping: StoppingConfig = field(default_factory=StoppingConfig)
     small: SmallConfig = field(default_factory=SmallConfig)
     prefs: PrefsConfig = field(default_factory=PrefsConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)

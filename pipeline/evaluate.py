@@ -30,7 +30,7 @@ from pipeline.metrics import (
     summary_metrics,
 )
 from rxapp.backends import Backend
-from rxapp.modelinfo import saved_stop_threshold
+from rxapp.modelinfo import saved_stop_thresholds
 from rxapp.ranking import rank_herbs
 from rxapp.safety import Patient
 from rxapp.stepformat import Response, explanation_claims, parse_response
@@ -178,7 +178,7 @@ def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
     from pipeline.model.scoring import first_herb_logprobs
 
     model, tokenizer = load_trained(path)
-    threshold = saved_stop_threshold(path)
+    threshold = saved_stop_thresholds(path).scratch
 
     def predict(records: Sequence[Record]) -> list[Prediction]:
         symptom_sets = [r.symptoms for r in records]
@@ -370,6 +370,7 @@ def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper:
         **{f"Jaccard {name}": sum(s["Jaccard"]) / len(cases) for name, s in scores.items()},
         **{f"Jaccard model − {name} CI": list(paired_interval(scores["model"], scores[name], "Jaccard"))
            for name in ("draft", "cooccurrence")},
+        "unrevised": sum(f.unrevised for f in finals) / len(cases),  # drafts the stop rule kept as they were
         "removals": sum(map(len, removed)) / len(cases), "additions": sum(map(len, added)) / len(cases),
         "removal_precision": wrong_removed / max(1, sum(map(len, removed))),
         "random_removal_precision": sum(len(c.corruption.wrong) / len(c.corruption.draft) for c in cases) / len(cases),
@@ -390,7 +391,8 @@ def format_revision(row: dict) -> str:
         low, high = row[f"Jaccard model − {name} CI"]
         gap = row["Jaccard model"] - row[f"Jaccard {name}"]
         lines.append(f"model − {name:<20}{gap:>+9.4f}  95 % interval [{low:+.4f}, {high:+.4f}]")
-    lines.append(f"removals {row['removals']:.2f} and additions {row['additions']:.2f} per draft; removal precision "
+    lines.append(f"no change proposed to {row['unrevised']:.1%} of the drafts; "
+                 f"removals {row['removals']:.2f} and additions {row['additions']:.2f} per draft; removal precision "
                  f"{row['removal_precision']:.3f} (a random removal: {row['random_removal_precision']:.3f}); "
                  f"dropped herbs restored {row['restored']:.3f}")
     return "\n".join(lines)

@@ -195,12 +195,12 @@ def evaluate(run: Run) -> dict:
 
 def card(run: Run) -> dict:
     from pipeline.release.card import export_files, write_card
-    from rxapp.modelinfo import saved_stop_threshold
+    from rxapp.modelinfo import saved_stop_thresholds
 
     folder = run.folder.export
     swept = run.folder.tradeoff if run.cfg.evaluate.tradeoff_alphas else None
     path = write_card(run.cfg, [run.folder.evaluation(run.cfg.evaluate.split)], export_files(folder),
-                      folder / "card.md", saved_stop_threshold(folder / "hf"), making_stages(run.cfg), swept,
+                      folder / "card.md", saved_stop_thresholds(folder / "hf"), making_stages(run.cfg), swept,
                       run.folder.revision_evaluation(run.cfg.evaluate.split))
     return {"card": str(path)}
 

@@ -15,12 +15,12 @@ import numpy as np
 
 from rxapp.decoding import FormatTokens
 from rxapp.modelinfo import (
-    DEFAULT_STOP_THRESHOLD,
     HF_METADATA,
     ModelMismatchError,
+    StopThresholds,
     check_metadata,
     format_version,
-    stop_threshold,
+    stop_thresholds,
 )
 from rxapp.stepformat import encode_prompt
 
@@ -39,7 +39,7 @@ class Backend:
     eos: int
     format: FormatTokens  # the step format's tokens, checked at load: every herb one token
     n_ctx: int  # the longest token sequence the model takes
-    stop_threshold: float = DEFAULT_STOP_THRESHOLD  # the model's own, from its metadata (rxapp.decoding.greedy_stop)
+    stop_thresholds: StopThresholds = StopThresholds()  # the model's own, from its metadata
     format_version: int  # the step format it was trained on (rxapp.stepformat.READABLE_FORMATS)
     load_s: float = 0.0
 
@@ -104,7 +104,7 @@ class LlamaBackend(Backend):
         except ModelMismatchError:
             self.close()
             raise
-        self.stop_threshold = stop_threshold(self.llm.metadata)
+        self.stop_thresholds = stop_thresholds(self.llm.metadata)
         self.format_version = format_version(self.llm.metadata)
         self.eos = self.llm.token_eos()
         self.n_vocab = self.llm.n_vocab()
@@ -137,7 +137,23 @@ class LlamaBackend(Backend):
 class HFBackend(Backend):
     name = "hf"
 
-    def __init__(self, path: Path, device: str | None = None, quantization: str = "none") -> None:
+    def __init__(self, model, tokenizer, metadata: dict[str, str], source: str) -> None:
+        """A loaded transformers model and its tokenizer, with the rx metadata that declares them (`load` reads all
+        three from a folder; a trainer passes the model it holds, e.g. LoRA adapters over their base)."""
+        import torch
+
+        check_metadata(metadata, source)
+        self.stop_thresholds = stop_thresholds(metadata)
+        self.format_version = format_version(metadata)
+        self.torch, self.model, self.tokenizer = torch, model.eval(), tokenizer
+        self.eos = tokenizer.eos_token_id
+        self.n_ctx = model.config.max_position_embeddings
+        self.ids: list[int] = []
+        self.cache = None
+        self.format = FormatTokens.of(self.tokenize, source)
+
+    @classmethod
+    def load(cls, path: Path, device: str | None = None, quantization: str = "none") -> HFBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -148,36 +164,30 @@ class HFBackend(Backend):
             raise ModelMismatchError(f"{path} is not an rx model (no {HF_METADATA}); export it with "
                                      "`python -m pipeline export`")
         metadata = json.loads((path / HF_METADATA).read_text())
-        check_metadata(metadata, str(path))
-        self.stop_threshold = stop_threshold(metadata)
-        self.format_version = format_version(metadata)
-        self.torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_metadata(metadata, str(path))  # before the weights are read
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs: dict = {}
         if quantization in {"4bit", "8bit"}:
             from transformers import BitsAndBytesConfig
 
-            compute = torch.bfloat16 if self.device == "cuda" else torch.float32
+            compute = torch.bfloat16 if device == "cuda" else torch.float32
             kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                                 bnb_4bit_compute_dtype=compute)
                                              if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-            kwargs["device_map"] = {"": self.device}  # quantized weights are placed while loading, not moved after
+            kwargs["device_map"] = {"": device}  # quantized weights are placed while loading, not moved after
         elif quantization != "none":
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {quantization!r}")
         started = time.perf_counter()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"transformers could not load {path}: {e}") from e
         if quantization == "none":
-            self.model.to(self.device)
-        self.eos = self.tokenizer.eos_token_id
-        self.n_ctx = self.model.config.max_position_embeddings
-        self.ids: list[int] = []
-        self.cache = None
-        self.format = FormatTokens.of(self.tokenize, str(path))
-        self.load_s = time.perf_counter() - started
+            model.to(device)
+        backend = cls(model, tokenizer, metadata, str(path))
+        backend.load_s = time.perf_counter() - started
+        return backend
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -219,5 +229,5 @@ def load_backend(path: Path, backend: str | None = None, n_gpu_layers: int = 0, 
         return LlamaBackend(path, n_gpu_layers=n_gpu_layers)
     if kind == "hf":
         folder = path / "hf" if (path / "hf" / "config.json").exists() else path
-        return HFBackend(folder, device=device, quantization=quantization)
+        return HFBackend.load(folder, device=device, quantization=quantization)
     raise ValueError(f"backend must be llama or hf, not {backend!r}")

@@ -15,7 +15,7 @@ from rxapp.drugs import MedicationInputError
 from rxapp.formulas import FormulaInputError
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.safety import DoseError, Patient, check_safety_weight, interaction_summary, parse_doses, rules
-from rxapp.stepper import STEP_WORDS, StepperConfig
+from rxapp.stepper import STEP_WORDS, UNREVISED, StepperConfig
 from rxapp.vocab import HerbInputError, SymptomInputError, split_herb_list, vocab
 
 
@@ -39,10 +39,11 @@ def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg, medica
     final = next(e for e in recommend(backend, parsed.symptoms, patient, cfg, draft)
                  if isinstance(e, Recommendation))
     return {
-        "id": case_id, "symptoms": final.symptoms, "unrecognised": parsed.unrecognised, "pregnant": pregnant,
+        "id": case_id, "symptoms": final.symptoms, "unrecognised": parsed.unrecognised,
+        "suggestions": parsed.suggestions, "pregnant": pregnant,
         **drugs_json(patient), "analysis": final.analysis,
         "draft": draft.to_dict() if draft else None,
-        "draft_warnings": [w.to_dict() for w in final.draft_warnings],
+        "draft_warnings": [w.to_dict() for w in final.draft_warnings], "unrevised": final.unrevised,
         "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "name": s.name, "explanation": s.explanation,
                    "facts": s.facts.summary() if s.facts else None, "probability": round(s.probability, 4),
                    "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
@@ -104,6 +105,7 @@ def run_batch(batch: Path, backend, cfg: StepperConfig) -> int:
 
 def print_recommendation(out: dict) -> None:
     print("症状: " + "、".join(out["symptoms"]) + ("  (孕妇)" if out["pregnant"] else ""))
+    print_unrecognised(out["unrecognised"], out["suggestions"])
     print_drugs(out)
     if out["draft"]:
         draft = out["draft"]
@@ -116,6 +118,8 @@ def print_recommendation(out: dict) -> None:
         print(f"{step['index']}. {STEP_WORDS[step['action']]} {step['name']}：{step['explanation']}")
         for w in step["warnings"]:
             print(f"   [{w['severity']}] " + ("解除: " if step["action"] == "remove" else "") + w["message"])
+    if out["unrevised"]:
+        print(UNREVISED)
     print("方解: " + out["summary"])
     if out["interactions"]:
         print("与所服西药: " + out["interactions"])
@@ -125,6 +129,13 @@ def print_recommendation(out: dict) -> None:
         print("类方：未见相近的经典方。")
     print("排序: " + " ".join(vocab().display_name(h) for h in out["ranking"][:20]))
     print("本工具仅供执业中医师参考，不能替代临床判断。")
+
+
+def print_unrecognised(fragments: list[str], suggestions: dict[str, list[str]]) -> None:
+    """The input the symptom parser left out (never dropped silently), with the vocabulary symptoms it may mean."""
+    for fragment in fragments:
+        hint = suggestions.get(fragment)
+        print(f"未识别: {fragment!r}" + (f"  (是否指: {'、'.join(hint)})" if hint else ""))
 
 
 def print_drugs(out: dict) -> None:
@@ -168,9 +179,7 @@ def run_parse(args: argparse.Namespace) -> int:
         print(json.dumps(result.__dict__, ensure_ascii=False, indent=2))
     else:
         print("识别的症状: " + ("、".join(result.symptoms) or "（无）"))
-        for fragment in result.unrecognised:
-            hint = result.suggestions.get(fragment)
-            print(f"未识别: {fragment!r}" + (f"  (是否指: {'、'.join(hint)})" if hint else ""))
+        print_unrecognised(result.unrecognised, result.suggestions)
     if not result.symptoms:
         print("error: none of the input was recognised as a symptom of the vocabulary", file=sys.stderr)
         return 3

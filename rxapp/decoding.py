@@ -85,12 +85,17 @@ def stop_probability(add_logit: float, stop_logit: float) -> float:
     return 0.5 * (1.0 + tanh((stop_logit - add_logit) / 2))  # the logistic function, without overflow
 
 
+def open_chance(stop_probabilities: Sequence[float]) -> float:
+    """The model's chance that the prescription is still open after these step boundaries: Π(1 − p_stop)."""
+    return prod(1.0 - p for p in stop_probabilities)
+
+
 def greedy_stop(stop_probabilities: Sequence[float], threshold: float = DEFAULT_STOP_THRESHOLD) -> bool:
     """Greedy decoding's stop decision, given the model's stop probability at every step boundary so far: stop once
-    the chance that the prescription is still open, Π(1 − p), falls to `threshold`; at ½ that is the median of the
-    model's own length distribution. (Each boundary's argmax would almost never stop: one more herb is nearly
-    always likelier than being done at that very step.) Each model carries a threshold tuned on validation."""
-    return prod(1.0 - p for p in stop_probabilities) <= threshold
+    the chance that the prescription is still open falls to `threshold`; at ½ that is the median of the model's own
+    length distribution. (Each boundary's argmax would almost never stop: one more herb is nearly always likelier
+    than being done at that very step.) Each model carries thresholds tuned on validation (modelinfo.StopThresholds)."""
+    return open_chance(stop_probabilities) <= threshold
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
 """The model-file contract, in one place: what a model file declares so that the app can trust it (the step-format
 version it was trained on and a digest of the herb vocabulary its herb tokens stand for), how to decode it (the
-threshold of the greedy stop rule), where a Hugging Face folder keeps that (rx.json), and a model's identity (the
+greedy stop rule's thresholds), where a Hugging Face folder keeps that (rx.json), and a model's identity (the
 sha256 of its file or folder). The trainers and the exporter write these; the backends check and read them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from rxapp.stepformat import FORMAT_VERSION, READABLE_FORMATS
@@ -14,7 +15,8 @@ from rxapp.vocab import vocab
 
 FORMAT_KEY = "rx.step_format_version"
 VOCABULARY_KEY = "rx.herb_vocabulary_sha256"
-STOP_KEY = "rx.stop_threshold"  # the greedy stop rule's threshold, tuned on validation (rxapp.decoding.greedy_stop)
+STOP_KEY = "rx.stop_threshold"  # the greedy stop rule's threshold building from nothing (rxapp.decoding.greedy_stop)
+REVISION_STOP_KEY = "rx.revision_stop_threshold"  # and revising a draft
 DEFAULT_STOP_THRESHOLD = 0.5
 HF_METADATA = "rx.json"  # beside config.json: the metadata of a Hugging Face folder (a GGUF holds it as fields)
 
@@ -27,8 +29,22 @@ def vocabulary_digest() -> str:
     return hashlib.sha256("\n".join(vocab().herbs).encode("utf-8")).hexdigest()
 
 
-def model_metadata(stop_threshold: float = DEFAULT_STOP_THRESHOLD) -> dict[str, str]:
-    return {FORMAT_KEY: str(FORMAT_VERSION), VOCABULARY_KEY: vocabulary_digest(), STOP_KEY: f"{stop_threshold:g}"}
+@dataclass(frozen=True)
+class StopThresholds:
+    """The greedy stop rule's thresholds (rxapp.decoding.greedy_stop), each tuned on validation: one for building a
+    prescription from nothing, one for revising a draft, where the same model should stop after a few changes
+    rather than a prescription's worth of steps."""
+
+    scratch: float = DEFAULT_STOP_THRESHOLD
+    revision: float = DEFAULT_STOP_THRESHOLD
+
+    def of(self, revising: bool) -> float:
+        return self.revision if revising else self.scratch
+
+
+def model_metadata(thresholds: StopThresholds = StopThresholds()) -> dict[str, str]:
+    return {FORMAT_KEY: str(FORMAT_VERSION), VOCABULARY_KEY: vocabulary_digest(),
+            STOP_KEY: f"{thresholds.scratch:g}", REVISION_STOP_KEY: f"{thresholds.revision:g}"}
 
 
 def format_version(metadata: dict[str, str]) -> int:
@@ -36,20 +52,22 @@ def format_version(metadata: dict[str, str]) -> int:
     return int(metadata[FORMAT_KEY])
 
 
-def stop_threshold(metadata: dict[str, str]) -> float:
-    """The model's tuned stop threshold; ½ (the median length) for a model that declares none."""
-    return float(metadata.get(STOP_KEY, DEFAULT_STOP_THRESHOLD))
+def stop_thresholds(metadata: dict[str, str]) -> StopThresholds:
+    """The model's tuned stop thresholds: ½ (the median length) where it declares none, and its from-nothing
+    threshold for revising where it declares no revision threshold (models exported before there was one)."""
+    scratch = float(metadata.get(STOP_KEY, DEFAULT_STOP_THRESHOLD))
+    return StopThresholds(scratch, float(metadata.get(REVISION_STOP_KEY, scratch)))
 
 
-def saved_stop_threshold(folder: Path) -> float:
-    """The stop threshold in a Hugging Face folder's rx.json (½ when the folder has none)."""
+def saved_stop_thresholds(folder: Path) -> StopThresholds:
+    """The stop thresholds in a Hugging Face folder's rx.json (½ when the folder has none)."""
     saved = Path(folder) / HF_METADATA
-    return stop_threshold(json.loads(saved.read_text()) if saved.exists() else {})
+    return stop_thresholds(json.loads(saved.read_text()) if saved.exists() else {})
 
 
-def write_model_metadata(folder: Path, threshold: float = DEFAULT_STOP_THRESHOLD) -> None:
-    """Declare a Hugging Face folder an rx model of this app's format and vocabulary, with its stop threshold."""
-    (Path(folder) / HF_METADATA).write_text(json.dumps(model_metadata(threshold), indent=2) + "\n")
+def write_model_metadata(folder: Path, thresholds: StopThresholds = StopThresholds()) -> None:
+    """Declare a Hugging Face folder an rx model of this app's format and vocabulary, with its stop thresholds."""
+    (Path(folder) / HF_METADATA).write_text(json.dumps(model_metadata(thresholds), indent=2) + "\n")
 
 
 def file_sha256(path: Path) -> str:

@@ -27,7 +27,7 @@ from rxapp.safety import (
     rules,
 )
 from rxapp.stepformat import NO_RECORD, render_analysis
-from rxapp.stepper import STEP_WORDS, DraftCheck, Recommendation, Step, StepperConfig
+from rxapp.stepper import STEP_WORDS, UNREVISED, DraftCheck, Recommendation, Step, StepperConfig
 from rxapp.stepper import recommend as recommend_steps
 from rxapp.vocab import SEPARATORS, HerbInputError, SymptomInputError, clean_text, split_herb_list, vocab
 
@@ -148,6 +148,8 @@ def recommendation_html(analysis: str, cards: list[str], final: Recommendation |
     if final is None:
         parts.append("<p><i>生成中…</i></p>")
     else:
+        if final.unrevised:
+            parts.append(f"<p class='rx-unrevised'>{e(UNREVISED)}</p>")
         kept = [s for s in final.steps if s.action != "remove" and s.herb in final.herbs]
         rows = "".join(f"<tr><td>{i}</td><td>{e(s.name)}</td><td>{e(s.facts.summary(3) if s.facts else '')}"
                        f"</td></tr>" for i, s in enumerate(kept, 1))

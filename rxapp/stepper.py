@@ -29,7 +29,7 @@ from functools import cache
 import numpy as np
 
 from rxapp.backends import Backend
-from rxapp.decoding import ClaimRule, claim_rule, greedy_stop, stop_probability
+from rxapp.decoding import ClaimRule, claim_rule, greedy_stop, open_chance, stop_probability
 from rxapp.draft import Draft, DraftInputError
 from rxapp.formulas import Resemblance, resembled
 from rxapp.knowledge import HerbFacts, associated, knowledge
@@ -66,6 +66,7 @@ class StepperConfig:
 
 
 STEP_WORDS = {"draft": DRAFT, "add": ADD, "remove": REMOVE}  # how each kind of step is named to the practitioner
+UNREVISED = "模型未对初稿提出加减 The model proposes no change to the draft."  # a revision that stopped at once
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Step:
     warnings: list[SafetyWarning]  # adding: what it brings to the list before (all rules); removing: what it ends
     probability: float  # the model's probability of this herb here (after the safety penalties when it adds)
     elapsed_s: float  # since the recommendation started
+    still_open: float | None = None  # when the greedy stop rule went on here, its open_chance; else None
 
 
 @dataclass
@@ -108,6 +110,11 @@ class Recommendation:
     @property
     def tokens(self) -> int:
         return len(self.response_ids)
+
+    @property
+    def unrevised(self) -> bool:
+        """A revision whose stop rule kept the draft as it was: no 加 and no 减."""
+        return self.draft is not None and all(s.action == "draft" for s in self.steps)
 
     @property
     def herbs(self) -> list[str]:
@@ -228,9 +235,10 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
     start = len(ids)
     result = Recommendation(list(symptoms), patient, analysis, draft)
     first_scores, stop_probabilities = None, []
+    stop_threshold = backend.stop_thresholds.of(revising=draft is not None)  # the model's own for revising a draft
     tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
 
-    def step(action: str, herb: str, probability: float) -> Step:
+    def step(action: str, herb: str, probability: float, still_open: float | None = None) -> Step:
         """Write the step's marker and herb, let the model explain it, and keep it."""
         before = result.herbs
         ids.extend([fmt.remove if action == "remove" else fmt.add, fmt.herbs[vocab().herb_id[herb]]])
@@ -244,7 +252,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
         warnings = ([w for w in rules().check_prescription(before, patient) if herb in w.herbs]
                     if action == "remove" else rules().check_addition(before, herb, patient))
         made = Step(len(result.steps) + 1, action, herb, vocab().display_name(herb), text, knowledge().get(herb),
-                    warnings, probability, time.perf_counter() - started)
+                    warnings, probability, time.perf_counter() - started, still_open)
         result.steps.append(made)
         return made
 
@@ -264,7 +272,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
         if first_scores is None and fmt.add in allowed:  # the ranking: every herb, at the first decision
             pooled = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
             first_scores = pooled - np.logaddexp.reduce(pooled)
-        moves = [m for m in allowed if m != fmt.stop]
+        moves, still_open = [m for m in allowed if m != fmt.stop], None
         if len(allowed) == 1:
             marker = allowed[0]
         elif cfg.temperature > 0:
@@ -272,7 +280,8 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
         else:  # stop by the model's threshold rule; else its likelier move
             logits = backend.logits(ids)
             stop_probabilities.append(stop_probability(np.logaddexp.reduce(logits[moves]), logits[fmt.stop]))
-            marker = fmt.stop if greedy_stop(stop_probabilities, backend.stop_threshold) else max(
+            still_open = open_chance(stop_probabilities)
+            marker = fmt.stop if greedy_stop(stop_probabilities, stop_threshold) else max(
                 moves, key=lambda m: logits[m])
         if marker == fmt.stop:
             break
@@ -281,7 +290,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
             cost = np.full(len(herb_tokens), math.inf)
             cost[[vocab().herb_id[h] for h in held if h in draft.herbs]] = 0.0
             pick, p = choose(backend.logits([*ids, fmt.remove])[herb_tokens], None, cfg, rng, cost)
-            yield step("remove", vocab().herbs[pick], p)
+            yield step("remove", vocab().herbs[pick], p, still_open)
             continue
         herb_logits = pooled if pooled is not None else pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
         cost = addition_costs(held, patient, cfg)
@@ -289,7 +298,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
         if not np.isfinite(cost - herb_logits).any():
             break  # every remaining herb is forbidden: stop here
         pick, p = choose(herb_logits, None, cfg, rng, cost)
-        yield step("add", vocab().herbs[pick], p)
+        yield step("add", vocab().herbs[pick], p, still_open)
     result.summary = compose_summary(result.kept())
     result.formula = resembled(result.herbs)
     result.text = head + backend.detokenize(ids[start:]) + f"{SUMMARY_HEADER}\n{result.summary}\n"

@@ -63,14 +63,26 @@ def plausible(stats: TrainStats, symptom_sets: Sequence[Sequence[str]], k: int =
     return [[herbs[i] for i in row[:k]] for row in np.argsort(-scores, axis=1, kind="stable")]
 
 
-def teach_revisions(records: Sequence[Record], stats: TrainStats, chunk: int = 2048) -> list[dict]:
-    """A revision example of every record, seeded (SEED)."""
-    rng, out = random.Random(SEED), []
+def training_drafts(records: Sequence[Record], stats: TrainStats, rng: random.Random, chunk: int = 2048
+                    ) -> list[Corruption]:
+    """A draft of each record as the revision examples draw them: 0–MAX_CHANGES of its herbs dropped and as many
+    plausible wrong ones added, at least one change."""
+    out = []
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
-        out += [teach_revision(r, c, stats, rng) for r, c in zip(part, plausible(stats, [r.symptoms for r in part]),
-                                                                  strict=True)]
+        for record, candidates in zip(part, plausible(stats, [r.symptoms for r in part]), strict=True):
+            while True:
+                drop, add = rng.randint(0, MAX_CHANGES), rng.randint(0, MAX_CHANGES)
+                if drop or add:
+                    break
+            out.append(corrupt(record.herbs, candidates, drop, add, rng))
     return out
+
+
+def teach_revisions(records: Sequence[Record], stats: TrainStats) -> list[dict]:
+    """A revision example of every record, seeded (SEED)."""
+    drafts = training_drafts(records, stats, random.Random(SEED))
+    return [teach_revision(r, c, stats) for r, c in zip(records, drafts, strict=True)]
 
 
 def removal_reason(herb: str) -> str:
@@ -79,13 +91,8 @@ def removal_reason(herb: str) -> str:
     return render_removal(actions[:1])
 
 
-def teach_revision(record: Record, candidates: Sequence[str], stats: TrainStats, rng: random.Random) -> dict:
-    """One revision example of `record` (see the module docstring); `candidates` rank the plausible wrong herbs."""
-    while True:
-        drop, add = rng.randint(0, MAX_CHANGES), rng.randint(0, MAX_CHANGES)
-        if drop or add:
-            break
-    c = corrupt(record.herbs, candidates, drop, add, rng)
+def teach_revision(record: Record, c: Corruption, stats: TrainStats) -> dict:
+    """The revision example of `record` from its draft (see the module docstring)."""
     symptoms = record.symptoms
     draft = [("add", h, explain(h, symptoms, stats)) for h in c.draft]
     moves = (draft + [("remove", h, removal_reason(h)) for h in reversed(stats.order(symptoms, c.wrong))]

@@ -15,10 +15,9 @@ import torch
 from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from pipeline.metrics import jaccard
 from pipeline.model.llm import pad_rows
 from rxapp.decoding import ClaimRule, FormatTokens, claim_rule, greedy_stop, stop_probability
-from rxapp.stepformat import SUMMARY_HEADER, encode_prompt, parse_response, render_analysis, render_prompt, steps_prefix
+from rxapp.stepformat import SUMMARY_HEADER, encode_prompt, render_analysis, render_prompt, steps_prefix
 from rxapp.vocab import vocab
 
 
@@ -98,24 +97,3 @@ def generate_responses(model, tokenizer, symptom_sets: Sequence[Sequence[str]], 
                        batch_size: int = 64) -> list[str]:
     """One greedy response per symptom set, stopping by the model's stop threshold."""
     return [text for text, _ in decode(model, tokenizer, symptom_sets, stop_threshold, batch_size)]
-
-
-def tune_stop_threshold(model, tokenizer, symptom_sets: Sequence[Sequence[str]], truths: Sequence[set[str]],
-                        max_herbs: int = 20) -> tuple[float, float]:
-    """The stop threshold, among 0.05, 0.10, …, 0.95, whose prescriptions have the best mean Jaccard on these
-    (validation) cases; and that Jaccard. One pass decodes each case without stopping: the herbs greedy decoding
-    picks do not depend on when it stops, so every threshold's prescription is a prefix of that pass."""
-    decoded = decode(model, tokenizer, symptom_sets, 0.0, max_new_tokens=12 * max_herbs, desc="tune stopping")
-    lists = [(parse_response(text).herbs, probabilities) for text, probabilities in decoded]
-
-    def mean_jaccard(threshold: float) -> float:
-        total = 0.0
-        for (herbs, probabilities), truth in zip(lists, truths, strict=True):
-            size = next((k + 1 for k in range(len(probabilities)) if greedy_stop(probabilities[: k + 1], threshold)),
-                        len(herbs))
-            total += jaccard(set(herbs[:size]), truth)
-        return total / len(truths)
-
-    scores = {round(0.05 * i, 2): mean_jaccard(0.05 * i) for i in range(1, 20)}
-    best = max(scores, key=scores.get)
-    return best, scores[best]

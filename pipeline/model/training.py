@@ -1,9 +1,8 @@
 """What every training stage shares: process setup (seeds, torchrun), the label that carries no loss, saving a
-trained model, and tuning and recording its stop threshold."""
+trained model."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -11,14 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
-
-from pipeline.model.generation import tune_stop_threshold
-from pipeline.model.llm import load_trained
-from rxapp.modelinfo import write_model_metadata
 
 IGNORE = -100  # the label of a position without loss (prompt tokens, padding), as torch's cross-entropy expects
-STOP_TUNING_CASES = 1000
 
 
 def seed_everything(seed: int) -> None:
@@ -46,14 +39,3 @@ def save_model(model, tokenizer, folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def tune_stopping(folder: Path, validation: list[dict], device: str) -> None:
-    """Tune a trained model's stop threshold on (the first STOP_TUNING_CASES of) validation and write it into the
-    model's metadata, which the evaluator, the exporter and the app read."""
-    model, tokenizer = load_trained(folder)
-    cases = validation[:STOP_TUNING_CASES]
-    threshold, score = tune_stop_threshold(model.to(device), tokenizer, [e["symptoms"] for e in cases],
-                                           [set(e["herbs"]) for e in cases])
-    write_model_metadata(folder, threshold)
-    tqdm.write(json.dumps({"stop_threshold": threshold, "val_Jaccard": round(score, 4), "cases": len(cases)}))

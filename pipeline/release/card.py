@@ -12,7 +12,7 @@ from pipeline.config import GrpoConfig, PipelineConfig
 from pipeline.data.records import load_split
 from pipeline.evaluate import PUBLISHED
 from pipeline.runfolder import read_json, write_text
-from rxapp.modelinfo import file_sha256
+from rxapp.modelinfo import StopThresholds, file_sha256
 from rxapp.stepper import StepperConfig
 
 DEFAULT_STAGES = ("distill", "sft", "export")  # what `pipeline sft` then `pipeline export` produce
@@ -132,14 +132,16 @@ statistics score lowest for the symptoms and adds the best-scoring ones, as many
 | co-occurrence revision | {cells['cooccurrence']} |
 | the model's revision | {cells['model']} |
 
-Model − draft {gaps['draft']}; model − co-occurrence {gaps['cooccurrence']} (95 % paired intervals). Per draft the
-model removed {row['removals']:.2f} and added {row['additions']:.2f} herbs; removal precision
+Model − draft {gaps['draft']}; model − co-occurrence {gaps['cooccurrence']} (95 % paired intervals). The model
+proposed no change to {row['unrevised']:.1%} of the drafts (its revision stop threshold, tuned on validation drafts,
+stops at once where its changes are not expected to help). Per draft the model removed {row['removals']:.2f} and
+added {row['additions']:.2f} herbs; removal precision
 {row['removal_precision']:.3f} (a random removal: {row['random_removal_precision']:.3f}); dropped herbs restored
 {row['restored']:.3f}.{left_out}
 """
 
 
-def render_card(config: PipelineConfig, rows: Sequence[dict], files: Sequence[Path], stop_threshold: float,
+def render_card(config: PipelineConfig, rows: Sequence[dict], files: Sequence[Path], stopping: StopThresholds,
                 stages: Sequence[str] = DEFAULT_STAGES, tradeoff: Sequence[dict] = (), revision: dict | None = None
                 ) -> str:
     counts = {s: len(load_split(s)) for s in ("train_full", "validation", "test")}
@@ -183,7 +185,8 @@ screen weight each row used.
 
 ## Stopping
 Greedy decoding stops once the model's probability that the prescription is still open falls to
-{stop_threshold:g} (tuned on validation; `rxapp.decoding.greedy_stop`).
+{stopping.scratch:g} building from nothing and to {stopping.revision:g} revising a draft (each tuned on validation;
+`rxapp.decoding.greedy_stop`, `pipeline.model.stopping`).
 
 ## Metrics ({", ".join(splits)} split)
 Rankings: every herb by the model's first-step probability (`rxapp.ranking`). Set metrics
@@ -224,7 +227,7 @@ def _short(model: str) -> str:
 
 
 def write_card(config: PipelineConfig, eval_files: Sequence[Path], model_files: Sequence[Path], out: Path,
-               stop_threshold: float, stages: Sequence[str] = DEFAULT_STAGES, tradeoff: Path | None = None,
+               stopping: StopThresholds, stages: Sequence[str] = DEFAULT_STAGES, tradeoff: Path | None = None,
                revision: Path | None = None) -> Path:
     """Write `out` (card.md) atomically; with `tradeoff` (a tradeoff.json), its table and its plot (copied beside
     the card) too; with `revision` (an `evaluate --revision` file, where it exists), the revision section."""
@@ -233,7 +236,7 @@ def write_card(config: PipelineConfig, eval_files: Sequence[Path], model_files: 
         tradeoff_rows = load_rows([tradeoff])
         shutil.copyfile(tradeoff.with_suffix(".png"), out.with_name("tradeoff.png"))
     revised = load_rows([revision])[0] if revision and revision.exists() else None
-    write_text(render_card(config, load_rows(eval_files), model_files, stop_threshold, stages, tradeoff_rows,
+    write_text(render_card(config, load_rows(eval_files), model_files, stopping, stages, tradeoff_rows,
                            revised), out)
     return out
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from pipeline.model.llm import load_trained
 from pipeline.model.training import save_model
-from rxapp.modelinfo import model_metadata, saved_stop_threshold, write_model_metadata
+from rxapp.modelinfo import model_metadata, saved_stop_thresholds, write_model_metadata
 
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2"}
 QUANTISATIONS = ("q8_0", "q4_k_m")
@@ -31,7 +31,7 @@ def merge(model_dir: Path, out_dir: Path) -> Path:
     if hasattr(model, "merge_and_unload"):  # LoRA adapters
         model = model.merge_and_unload()
     save_model(model, tokenizer, out_dir)
-    write_model_metadata(out_dir, saved_stop_threshold(model_dir))
+    write_model_metadata(out_dir, saved_stop_thresholds(model_dir))
     return out_dir
 
 
@@ -90,7 +90,7 @@ def write_gguf(hf_dir: Path, path: Path) -> Path:
     writer.add_add_bos_token(False)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
-    for key, value in model_metadata(saved_stop_threshold(hf_dir)).items():
+    for key, value in model_metadata(saved_stop_thresholds(hf_dir)).items():
         writer.add_string(key, value)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)

@@ -16,7 +16,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from pipeline.model.tokenizer import build_tokenizer
 from pipeline.model.training import save_model
 from pipeline.release.export import gguf_fields
-from rxapp.modelinfo import check_metadata, stop_threshold, write_model_metadata
+from rxapp.modelinfo import check_metadata, stop_thresholds, write_model_metadata
 
 
 def qwen2_config(fields: dict, rows: int, tied: bool) -> Qwen2Config:
@@ -66,6 +66,6 @@ def unpack(gguf_path: Path, out_dir: Path) -> Path:
     model.load_state_dict(state)
     staging = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    write_model_metadata(save_model(model, tokenizer, staging), stop_threshold(fields))
+    write_model_metadata(save_model(model, tokenizer, staging), stop_thresholds(fields))
     staging.rename(out_dir)
     return out_dir

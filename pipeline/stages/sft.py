@@ -30,7 +30,8 @@ from pipeline.data.records import load_split
 from pipeline.metrics import ranking_metrics
 from pipeline.model.llm import load_model, pad_rows
 from pipeline.model.scoring import first_herb_logprobs, first_step_ids, herb_token_ids
-from pipeline.model.training import IGNORE, save_model, seed_everything, setup_distributed, tune_stopping
+from pipeline.model.stopping import tune_stopping
+from pipeline.model.training import IGNORE, save_model, seed_everything, setup_distributed
 from pipeline.runfolder import RunFolder, read_jsonl, write_json
 from rxapp.modelinfo import write_model_metadata
 from rxapp.stepformat import ADD, encode_prompt, parse_response, render_response
@@ -309,7 +310,7 @@ def lr_factor(step: int, warmup: int, main: int, ranking: int, ranking_scale: fl
 
 def finish(run: Training, world: int) -> Path:
     if run.main:
-        tune_stopping(run.out_dir / "best", run.validation, run.device)
+        tune_stopping(run.out_dir / "best", run.validation, run.device, run.cfg.stopping)
     if world > 1:
         dist.barrier()
     return run.out_dir / "best"

@@ -3,6 +3,7 @@ dose, save; the row is read back from the SQLite file and a screenshot is kept a
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,14 +90,20 @@ def test_a_medication_entered_shows_its_interaction_on_a_step_card(served, sympt
 
 
 
-# a patient and a classical formula that the shipped default revises with a 减 (greedy decoding is deterministic):
-# it removes 麻黄 and 杏仁 from 麻黄汤 for a cough with wheezing, removals a practitioner would reject
+# a patient and a classical formula that the shipped default's weights revise with a 减 once they are let revise
+# (greedy decoding is deterministic): they remove 麻黄 and 杏仁 from 麻黄汤 for a cough with wheezing, removals a
+# practitioner would reject. Its own revision threshold, tuned on validation, proposes no change here: on validation
+# drafts its changes lowered the agreement with the doctors' lists, so the test lowers the threshold to its
+# from-nothing one.
 REVISED_CASE = ("恶寒，发热，无汗，头痛，身痛，咳嗽，气喘", "麻黄汤")
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (.ci/run installs it)")
-def test_a_formula_revised_with_a_removal_that_the_clinician_rejects(served_default):
+def test_a_formula_revised_with_a_removal_that_the_clinician_rejects(served_default, monkeypatch):
     symptoms, formula = REVISED_CASE
+    backend = served_default.engine.model.backend
+    monkeypatch.setattr(backend, "stop_thresholds", replace(backend.stop_thresholds,
+                                                            revision=backend.stop_thresholds.scratch))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})

@@ -70,6 +70,7 @@ def test_a_formula_is_checked_and_shown_first_then_revised_and_saved_with_its_dr
     assert "初稿 · 麻黄汤（《伤寒论》）" in streamed[0].html and "rx-step" not in streamed[0].html  # checked first
     assert final.html.count('data-action="draft"') == 4 and "类方：" in final.html
     assert all(label.split()[1] in ("加", "减") for label in final.steps)  # the draft's own herbs are not reviewed
+    assert (page.UNREVISED in final.html) == (not final.steps)  # a revision that stopped at once says so
     saved = store.session(final.session_id)
     assert saved["draft"]["formula"] == "麻黄汤" and [s["action"] for s in saved["steps"]][:4] == ["draft"] * 4
     left = [s["herb"] for s in saved["steps"] if s["action"] != "remove"]

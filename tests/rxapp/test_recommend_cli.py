@@ -2,6 +2,7 @@
 input and a missing model."""
 
 import json
+import re
 
 import pytest
 
@@ -10,6 +11,7 @@ from rxapp.engine import Engine, model_card
 from rxapp.formulas import resembled
 from rxapp.modelinfo import file_sha256
 from rxapp.safety import Patient, interaction_summary, rules
+from rxapp.stepper import UNREVISED
 from rxapp.vocab import vocab
 
 
@@ -111,12 +113,17 @@ def test_revising_a_formula_or_a_draft_from_the_command_line(cli, micro_export, 
     assert out["draft"]["formula"] == "麻黄汤" and out["draft"]["herbs"] == ["麻黄", "桂枝", "炙甘草", "杏仁"]
     assert [s["action"] for s in out["steps"][:4]] == ["draft"] * 4
     assert {s["action"] for s in out["steps"][4:]} <= {"add", "remove"}
+    assert out["unrevised"] == (len(out["steps"]) == 4) and out["unrecognised"] == ["发热"]  # 发热: which fever?
+    assert set(out["suggestions"]["发热"]) >= {"恶寒发热", "小儿发热"}
     match = out["formula_match"]
     assert match is None or (match["text"] == out["formula"] and match["modification"].startswith(match["formula"]))
-    printed = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽", "--start", "附子", "半夏", "鬼药", "--model", model)
+    printed = cli("-m", "rxapp", "recommend", "--symptoms", "咳嗽，发热", "--start", "附子", "半夏", "鬼药", "--model",
+                  model)
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert "初稿: 附子、半夏  未核查: 鬼药" in printed.stdout and "十八反" in printed.stdout
     assert "1. 初稿 附子" in printed.stdout and "类方：" in printed.stdout
+    changes = re.findall(r"^\d+\. [加减] ", printed.stdout, flags=re.MULTILINE)
+    assert (UNREVISED in printed.stdout) == (not changes) and "未识别: '发热'" in printed.stdout
 
 
 def test_a_bad_formula_or_draft_is_reported_before_the_model_loads(cli, micro_export, tmp_path):

@@ -13,7 +13,15 @@ from rxapp.backends import HFBackend, LlamaBackend, ModelLoadError, load_backend
 from rxapp.decoding import greedy_stop, stop_probability
 from rxapp.draft import read_draft
 from rxapp.knowledge import associated, lead_action
-from rxapp.modelinfo import FORMAT_KEY, HF_METADATA, VOCABULARY_KEY, ModelMismatchError
+from rxapp.modelinfo import (
+    FORMAT_KEY,
+    HF_METADATA,
+    STOP_KEY,
+    VOCABULARY_KEY,
+    ModelMismatchError,
+    StopThresholds,
+    stop_thresholds,
+)
 from rxapp.safety import Patient
 from rxapp.stepformat import explanation_claims, parse_response
 from rxapp.stepper import (
@@ -96,7 +104,7 @@ def test_stepper_stops_where_the_models_threshold_says(micro_export):
         symptoms = load_split("test")[0].symptoms
         lengths = []
         for threshold in (0.9, 0.5, 0.1):
-            backend.stop_threshold = threshold
+            backend.stop_thresholds = StopThresholds(threshold, 1.0)
             lengths.append(len(next(e for e in recommend(backend, symptoms, cfg=StepperConfig(max_herbs=50))
                                     if isinstance(e, Recommendation)).herbs))
         assert lengths == sorted(lengths) and lengths[0] < lengths[-1]  # a lower threshold: a longer prescription
@@ -118,7 +126,7 @@ def test_no_severe_addition_for_pregnant_patients(llama):
 
 
 def test_hf_backend_drives_the_same_stepper(micro_export, llama):
-    hf = HFBackend(micro_export / "hf")
+    hf = HFBackend.load(micro_export / "hf")
     same = 0
     for record in load_split("test")[:5]:
         a, b = run(hf, list(record.symptoms))[1], run(llama, list(record.symptoms))[1]
@@ -195,6 +203,23 @@ def test_a_draft_is_explained_then_revised_by_additions_and_removals_of_held_her
         assert final.herbs == held and final.draft is draft and parse_response(final.text).stopped
         assert summary_metrics([final.summary], [final.herbs])["summary_coverage"] == 1.0
         assert any(w.rule == "未识别" and "鬼药" in w.message for w in final.warnings)  # kept visible, not checked
+
+
+def test_revising_a_draft_stops_by_the_models_revision_threshold(llama, monkeypatch):
+    record = load_split("test", "clean")[0]
+    draft = read_draft(list(record.herbs[:4]))
+    monkeypatch.setattr(llama, "stop_thresholds", StopThresholds(scratch=0.0, revision=1.0))
+    kept = revise(llama, list(record.symptoms), draft)
+    assert kept.unrevised and kept.herbs == list(draft.herbs)  # stopped at its first boundary: the draft as it was
+    monkeypatch.setattr(llama, "stop_thresholds", StopThresholds(scratch=1.0, revision=0.0))
+    revised = revise(llama, list(record.symptoms), draft, max_herbs=8)
+    assert not revised.unrevised and 0.0 < revised.steps[len(draft.herbs)].still_open < 1.0
+    assert len(run(llama, list(record.symptoms))[1].herbs) == 1  # from nothing, 1.0 stops at the first boundary
+
+
+def test_a_model_that_declares_no_revision_threshold_revises_with_its_own():
+    assert stop_thresholds({STOP_KEY: "0.4"}) == StopThresholds(0.4, 0.4)
+    assert stop_thresholds({}) == StopThresholds(0.5, 0.5)
 
 
 def test_a_drafts_own_warnings_come_before_the_first_step(llama):

@@ -4,7 +4,7 @@ import json
 import shutil
 
 from rxapp.engine import model_card
-from rxapp.modelinfo import HF_METADATA, file_sha256
+from rxapp.modelinfo import HF_METADATA, file_sha256, stop_thresholds
 
 
 def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
@@ -39,8 +39,9 @@ def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
     result = cli("-m", "pipeline", "card", "--export", str(shipped), "--config", "configs/micro.yaml",
                  "--eval", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    threshold = json.loads((micro_export / "hf" / HF_METADATA).read_text())["rx.stop_threshold"]
-    assert f"falls to\n{threshold} (tuned" in model_card(shipped / gguf.name)  # read from the GGUF itself
+    tuned = stop_thresholds(json.loads((micro_export / "hf" / HF_METADATA).read_text()))
+    stopping = f"falls to\n{tuned.scratch:g} building from nothing and to {tuned.revision:g} revising a draft"
+    assert stopping in model_card(shipped / gguf.name)  # read from the GGUF itself
 
 
 def test_card_needs_an_export(cli, tmp_path):

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.data.records import load_split
 from pipeline.model.llm import load_trained
-from rxapp.modelinfo import FORMAT_KEY, HF_METADATA, STOP_KEY, VOCABULARY_KEY, check_metadata
+from rxapp.modelinfo import FORMAT_KEY, HF_METADATA, REVISION_STOP_KEY, STOP_KEY, VOCABULARY_KEY, check_metadata
 from rxapp.stepformat import encode_prompt, render_prompt
 
 NEAR_TIE = 1e-3  # a greedy choice this close to a tie may go either way under f16 weights
@@ -42,7 +42,8 @@ def test_gguf_carries_the_rx_metadata(micro_export, quant):
         check_metadata(llm.metadata, "model")  # raises on a mismatch
         assert {FORMAT_KEY, VOCABULARY_KEY} <= llm.metadata.keys()
         tuned = json.loads((micro_export.parent / "sft" / "best" / HF_METADATA).read_text())
-        assert llm.metadata[STOP_KEY] == tuned[STOP_KEY]  # the stop threshold tuned after training travels along
+        for key in (STOP_KEY, REVISION_STOP_KEY):  # the stop thresholds tuned after training travel along
+            assert llm.metadata[key] == tuned[key]
     finally:
         llm.close()
 

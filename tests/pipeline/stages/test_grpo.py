@@ -26,7 +26,7 @@ from pipeline.stages.grpo import (
     sample_rollouts,
 )
 from rxapp.engine import model_card
-from rxapp.modelinfo import file_sha256, saved_stop_threshold, write_model_metadata
+from rxapp.modelinfo import StopThresholds, file_sha256, saved_stop_thresholds, write_model_metadata
 from rxapp.safety import Patient
 from rxapp.stepformat import parse_response
 from rxapp.stepper import StepperConfig, pool_names
@@ -161,7 +161,7 @@ def test_clipping_stops_the_gradient_once_the_ratio_leaves_the_trust_region():
 def test_two_process_grpo_on_gloo_writes_model_log_and_curves(micro_run, tmp_path):
     start = tmp_path / "start"  # the SFT model with a threshold that re-tuning would not land on by chance
     shutil.copytree(micro_run / "sft" / "best", start)
-    write_model_metadata(start, 0.37)
+    write_model_metadata(start, StopThresholds(0.37, 0.83))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", "29519", "-m", "pipeline", "grpo", "--config", "configs/micro.yaml",
@@ -173,8 +173,8 @@ def test_two_process_grpo_on_gloo_writes_model_log_and_curves(micro_run, tmp_pat
     assert log["processes"] == 2 and log["settings"]["alpha"] == 0.5 and len(log["updates"]) == 3
     assert all(set(CURVES) <= u.keys() for u in log["updates"])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the stopping GRPO trained is decoded with the start's threshold (grpo.retune_stop: false)
-    assert saved_stop_threshold(out / "best") == 0.37
+    # the stopping GRPO trained is decoded with the start's thresholds (grpo.retune_stop: false)
+    assert saved_stop_thresholds(out / "best") == StopThresholds(0.37, 0.83)
     result = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--model", str(out / "best"), "--split",
                              "validation", "--limit", "8", "--json"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)

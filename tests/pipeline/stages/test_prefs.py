@@ -11,7 +11,7 @@ from pipeline.stages.prefs import feedback_preferences, implicit_pairs, read_fee
 from rxapp import DEFAULT_MODEL
 from rxapp.engine import Engine
 from rxapp.feedback import FeedbackStore, export_records
-from rxapp.modelinfo import HF_METADATA, stop_threshold
+from rxapp.modelinfo import HF_METADATA, stop_thresholds
 from rxapp.page import session_record
 from rxapp.safety import Patient
 from rxapp.stepformat import parse_response, render_analysis, render_response
@@ -106,7 +106,8 @@ def test_prefs_then_dpo_and_kto_on_the_micro_run(micro_run, micro_small, feedbac
     best = micro_run / "dpo" / "best"
     log = json.loads((micro_run / "dpo" / "log.json").read_text())
     assert log["pairs"] == len(pairs) and any("rewards/margins" in e for e in log["dpo"]) and log["unpaired"] == 3
-    assert 0.05 <= stop_threshold(json.loads((best / HF_METADATA).read_text())) <= 0.95
+    tuned = stop_thresholds(json.loads((best / HF_METADATA).read_text()))
+    assert 0.05 <= tuned.scratch <= 0.95 and 0.05 <= tuned.revision <= 0.95
     sft = micro_run / "sft" / "best"
     result = cli("-m", "pipeline", "evaluate", "--model", str(sft), str(best), "--split", "validation", "--limit",
                  "20", "--json", "--out", str(micro_run / "dpo" / "against-sft.json"))

@@ -10,7 +10,7 @@ import sys
 from transformers import AutoTokenizer
 
 from pipeline.model.tokenizer import build_tokenizer
-from rxapp.modelinfo import HF_METADATA, stop_threshold
+from rxapp.modelinfo import HF_METADATA, REVISION_STOP_KEY, STOP_KEY, stop_thresholds
 from tests.conftest import ROOT
 
 
@@ -21,8 +21,10 @@ def test_sft_writes_the_best_model_a_checkpoint_and_a_log(micro_run):
     log = json.loads((micro_run / "sft" / "log.json").read_text())
     assert len(log) >= 2 and {"val_loss", "val_P@5", "val_F1@10"} <= log[0].keys()
     assert log[-1]["val_loss"] < log[0]["val_loss"]  # it learns
-    threshold = stop_threshold(json.loads((best / HF_METADATA).read_text()))
-    assert 0.05 <= threshold <= 0.95  # tuned on validation after training (rxapp.decoding.greedy_stop)
+    saved = json.loads((best / HF_METADATA).read_text())
+    assert {STOP_KEY, REVISION_STOP_KEY} <= saved.keys()  # both tuned on validation after training
+    tuned = stop_thresholds(saved)
+    assert 0.05 <= tuned.scratch <= 0.95 and 0.05 <= tuned.revision <= 0.95
 
 
 def test_saved_tokenizer_reloads_identically(micro_run):
