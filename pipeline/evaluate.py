@@ -148,11 +148,12 @@ def tune_baseline(name: str, lists: str = "raw") -> dict[str, int]:
     truths = [set(r.herbs) for r in validation]
     settings: dict[str, int] = {}
     if name == "knn":
-        def f1_at_10(k: int) -> float:
-            predictions = baseline_predictor(name, train, 1, k)(validation)
-            return ranking_metrics([p.ranking for p in predictions], truths, ks=(10,))["F1@10"]
-        settings["k"] = max(tqdm(KNN_KS, desc="tune knn k", disable=None), key=f1_at_10)
-    rankings = [p.ranking for p in baseline_predictor(name, train, 1, settings.get("k"))(validation)]
+        by_k = KNN().fit(train).scores_by_k([r.symptoms for r in validation], KNN_KS)
+        f1_at_10 = {k: ranking_metrics(rank(scores), truths, ks=(10,))["F1@10"] for k, scores in by_k.items()}
+        settings["k"] = max(KNN_KS, key=f1_at_10.get)
+        rankings = rank(by_k[settings["k"]])
+    else:
+        rankings = [p.ranking for p in baseline_predictor(name, train, 1)(validation)]
 
     def mean_jaccard(size: int) -> float:
         return sum(jaccard(set(r[:size]), t) for r, t in zip(rankings, truths, strict=True)) / len(truths)

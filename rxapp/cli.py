@@ -86,13 +86,17 @@ def run_batch(batch: Path, backend, cfg: StepperConfig) -> int:
         try:
             case = json.loads(line)
             drugs, start, formula = case.get("drugs", []), case.get("start", []), case.get("formula")
+            symptoms = case["symptoms"]
+            if not isinstance(symptoms, (str, list)) or not all(isinstance(s, str) for s in symptoms):
+                raise TypeError('"symptoms" must be text or a list of symptoms')
             if not isinstance(drugs, (str, list)) or not all(isinstance(d, str) for d in drugs):
                 raise TypeError('"drugs" must be a list of medication names')
             if not isinstance(start, (str, list)) or not all(isinstance(h, str) for h in start):
                 raise TypeError('"start" must be a list of herb names')
             if formula is not None and not isinstance(formula, str):
                 raise TypeError('"formula" must be a formula name')
-            out = recommendation_json(case.get("id", number), str(case["symptoms"]), bool(case.get("pregnant")),
+            text = symptoms if isinstance(symptoms, str) else "，".join(symptoms)
+            out = recommendation_json(case.get("id", number), text, bool(case.get("pregnant")),
                                       backend, cfg, drugs, read_draft(start, formula))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, SymptomInputError,
                 MedicationInputError, HerbInputError, FormulaInputError, ModelMismatchError) as e:
@@ -205,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recommend", help="build a prescription step by step from symptoms")
     what = rec.add_mutually_exclusive_group(required=True)
     what.add_argument("--symptoms", help="free Chinese text, e.g. '咳嗽 恶寒'")
-    what.add_argument("--batch", type=Path, help='JSONL, one {"id", "symptoms", "pregnant", "drugs", "start" or '
-                      '"formula"} per line; one JSON line out per line in, in order')
+    what.add_argument("--batch", type=Path, help='JSONL, one {"id", "symptoms" (text or a list), "pregnant", "drugs", '
+                      '"start" or "formula"} per line; one JSON line out per line in, in order')
     rec.add_argument("--pregnant", action="store_true", help="apply the pregnancy rules")
     rec.add_argument("--drugs", nargs="+", default=[], metavar="DRUG",
                      help="the Western drugs the patient takes (English or Chinese generic name, class, or ATC "

@@ -134,14 +134,20 @@ def lead_action(herb: str) -> str | None:
 
 @cache
 def named_symptoms(herb: str) -> frozenset[str]:
-    """The vocabulary symptoms a herb's sources name among what it treats: inside one of its curated 主治 terms (咳嗽
-    in 咳嗽痰多) or containing one (头痛 for the term 头痛), or as a knowledge-graph effect."""
+    """The vocabulary symptoms a herb's sources name among what it treats: inside one of its curated 主治 terms
+    (咳嗽 in 咳嗽痰多) or containing one (头痛 for the term 头痛); inside one of its knowledge-graph effects (腹痛 in
+    心腹痛; not the reverse, since the effect 腹痛 does not name the symptom 产后腹痛); or through a wording the
+    vocabulary maps to the symptom (symptoms.yaml's synonyms: 泄泻 in 脾虚泄泻 names 腹泻)."""
     curated = main_actions().get(herb)
     terms = [t for t in curated.indications if len(t) >= 2] if curated else []
     facts = knowledge().get(herb)
-    effects = set(facts.effects) if facts else set()
-    return frozenset(s for s in vocab().symptoms
-                     if s in effects or (len(s) >= 2 and any(s in t or t in s for t in terms)))
+    effects = facts.effects if facts else ()
+    sources = [*terms, *effects]
+    named = {s for s in vocab().symptoms if s in effects or (len(s) >= 2 and (
+        any(s in t for t in sources) or any(t in s for t in terms)))}
+    named |= {s for wording, meant in vocab().synonyms.items() if len(wording) >= 2
+              and any(wording in t for t in sources) for s in meant}
+    return frozenset(named)
 
 
 def treats(herb: str, symptom: str) -> bool:

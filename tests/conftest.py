@@ -23,9 +23,11 @@ def cli():
 
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory):
-    """A run folder with the micro config trained in it (distill/ and sft/), shared by the tests that need a model."""
+    """A run folder with the micro config's first stages run in it by `pipeline run --until sft` (data/, knowledge/,
+    distill/, sft/ and their records), shared by the tests that need a model."""
     out = tmp_path_factory.mktemp("micro")
-    result = run_cli("-m", "pipeline", "sft", "--config", "configs/micro.yaml", "--out", str(out), timeout=600)
+    result = run_cli("-m", "pipeline", "run", "--config", "configs/micro.yaml", "--out", str(out), "--until", "sft",
+                     timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 

@@ -69,20 +69,26 @@ class KNN:
         self.y = herb_matrix(train)
         return self
 
-    def scores(self, symptom_sets: Sequence[Sequence[str]], chunk: int = 512) -> np.ndarray:
-        out = np.zeros((len(symptom_sets), self.y.shape[1]))
+    def scores(self, symptom_sets: Sequence[Sequence[str]]) -> np.ndarray:
+        return self.scores_by_k(symptom_sets, (self.k,))[self.k]
+
+    def scores_by_k(self, symptom_sets: Sequence[Sequence[str]], ks: Sequence[int], chunk: int = 512
+                    ) -> dict[int, np.ndarray]:
+        """The scores with each number of neighbours in `ks`, from one similarity sort (so tuning k sorts once)."""
+        out = {k: np.zeros((len(symptom_sets), self.y.shape[1])) for k in ks}
         queries = symptom_matrix(symptom_sets)
         sizes = self.x.sum(axis=1)
         for start in range(0, len(queries), chunk):
             q = queries[start : start + chunk]
             inter = q @ self.x.T
             sim = inter / np.maximum(q.sum(axis=1)[:, None] + sizes[None, :] - inter, 1.0)
-            k = min(self.k, sim.shape[1])
             # ties at the k-th similarity are broken by training order (stable sort), so results are reproducible
-            top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-            weights = np.zeros_like(sim)
-            np.put_along_axis(weights, top, np.take_along_axis(sim, top, axis=1), axis=1)
-            out[start : start + chunk] = weights @ self.y
+            order = np.argsort(-sim, axis=1, kind="stable")
+            for k in ks:
+                top = order[:, :k]
+                weights = np.zeros_like(sim)
+                np.put_along_axis(weights, top, np.take_along_axis(sim, top, axis=1), axis=1)
+                out[k][start : start + chunk] = weights @ self.y
         return out
 
 

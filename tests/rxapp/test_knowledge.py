@@ -4,7 +4,7 @@ import pytest
 
 import rxapp.knowledge as knowledge_module
 from pipeline.data.records import load_split
-from rxapp.knowledge import facts_for, knowledge, main_actions
+from rxapp.knowledge import facts_for, knowledge, main_actions, treats
 from rxapp.stepformat import NO_RECORD
 from rxapp.vocab import vocab
 
@@ -89,3 +89,10 @@ def test_main_actions_reject_unknown_herbs_and_empty_actions(tmp_path, monkeypat
             assert str(path) in str(err.value)
         finally:
             main_actions.cache_clear()
+
+
+def test_a_herb_treats_the_symptoms_its_sources_name_in_their_own_words():
+    assert treats("草果", "腹痛")  # inside its knowledge-graph effect 心腹痛
+    assert treats("茯苓", "浮肿") and treats("茯苓", "腹泻") and treats("茯苓", "不寐")  # 水肿, 泄泻, 失眠
+    assert treats("土茯苓", "腹痛") and not treats("土茯苓", "产后腹痛")  # an effect names no longer symptom
+    assert not treats("茯苓", "咳血")

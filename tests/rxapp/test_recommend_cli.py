@@ -38,13 +38,17 @@ def test_batch_keeps_order_and_reports_bad_lines_in_place(cli, micro_export, tmp
                                 "not json",
                                 json.dumps({"id": "c", "symptoms": "@@@"}),
                                 json.dumps({"id": "d", "symptoms": "头痛 发热", "pregnant": True},
-                                           ensure_ascii=False)]) + "\n", encoding="utf-8")
+                                           ensure_ascii=False),
+                                json.dumps({"id": "e", "symptoms": ["咳嗽", "头痛"]}, ensure_ascii=False),
+                                json.dumps({"id": "f", "symptoms": 3})]) + "\n", encoding="utf-8")
     result = cli("-m", "rxapp", "recommend", "--batch", str(batch), "--model", str(micro_export / "model-f16.gguf"))
     assert result.returncode == 2  # some lines failed; the others are still answered
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["id"] for line in lines] == ["a", 2, "c", "d"]
+    assert [line["id"] for line in lines] == ["a", 2, "c", "d", "e", "f"]
     assert "error" in lines[1] and "error" in lines[2] and "symptom" in lines[2]["error"]
     assert lines[0]["steps"] and lines[3]["pregnant"] is True
+    assert lines[4]["symptoms"] == ["咳嗽", "头痛"] and lines[4]["unrecognised"] == []  # a list is read as the symptoms
+    assert "must be text or a list" in lines[5]["error"]
 
 
 def test_missing_model_and_empty_symptoms_give_one_line(cli, micro_export, tmp_path):
