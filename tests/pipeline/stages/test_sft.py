@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import yaml
 from transformers import AutoTokenizer
 
 from pipeline.model.tokenizer import build_tokenizer
@@ -55,16 +56,20 @@ def test_model_evaluation_reports_grounding_and_validity(micro_run, cli, tmp_pat
 
 
 def test_two_process_data_parallel_training_on_gloo(tmp_path):
+    config = yaml.safe_load((ROOT / "configs" / "micro.yaml").read_text())
+    config["sft"].update(max_train=256, max_validation=64, epochs=1)  # a quarter of the micro slice, one epoch
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(config, allow_unicode=True))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29517", "-m", "pipeline", "sft", "--config", "configs/micro.yaml",
-                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                             "--master_port", "29517", "-m", "pipeline", "sft", "--config", str(small),
+                             "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    log = json.loads((tmp_path / "sft" / "log.json").read_text())
-    # (1024 examples + a quarter as many revision examples) / 32 per batch × 2 epochs, then one ranking pass
-    micro_steps_one_process = 2 * (1024 + 256) // 32 + 32
-    assert log[-1]["step"] == micro_steps_one_process // 2  # each rank takes half the batches
+    log = json.loads((tmp_path / "run" / "sft" / "log.json").read_text())
+    # (256 examples + a quarter as many revision examples) / 32 per batch, then one ranking pass (256 / 32)
+    steps_one_process = (256 + 64) // 32 + 256 // 32
+    assert log[-1]["step"] == steps_one_process // 2  # each rank takes half the batches
 
 
 def test_the_ranking_phase_follows_the_main_epochs_at_its_own_learning_rate(micro_run):
