@@ -20,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import StoppingConfig
-from pipeline.data.records import Record, load_split
+from pipeline.data.records import Record
 from pipeline.data.revision import training_drafts
-from pipeline.data.teacher import TrainStats
+from pipeline.evaluate import training_stats
 from pipeline.metrics import jaccard
 from pipeline.model.generation import decode
 from pipeline.model.llm import load_trained
@@ -85,8 +85,7 @@ def revision_pass(backend: HFBackend, symptoms: Sequence[str], draft: Sequence[s
 def tune_revision(backend: HFBackend, records: Sequence[Record]) -> tuple[float, float, int]:
     """The revision threshold and its validation Jaccard on drafts of `records` corrupted as training's are, and
     the number of drafts it was tuned on (those too long for the model's context are left out)."""
-    drafts = training_drafts(records, TrainStats.from_records(load_split("train", "clean")),
-                             random.Random(REVISION_TUNING_SEED))
+    drafts = training_drafts(records, training_stats(), random.Random(REVISION_TUNING_SEED))
     passes, truths = [], []
     for record, corruption in tqdm(list(zip(records, drafts, strict=True)), desc="tune revision stopping",
                                    unit="draft", disable=None):
