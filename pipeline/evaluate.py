@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from tqdm import tqdm
@@ -18,7 +17,7 @@ from pipeline.config import HERB_LISTS
 from pipeline.data.baselines import BASELINES, KNN, CoOccurrence, rank
 from pipeline.data.records import Record, load_split
 from pipeline.data.revision import Corruption, corrupt, plausible
-from pipeline.data.teacher import TrainStats, claim_is_grounded, step_is_relevant
+from pipeline.data.teacher import claim_is_grounded, step_is_relevant, training_stats
 from pipeline.metrics import (
     COMPARED,
     case_scores,
@@ -101,13 +100,6 @@ def score(predictions: Sequence[Prediction], records: Sequence[Record], lists: s
         metrics["format_validity"] = sum(r.well_formed for r in responses) / len(responses)
         metrics |= summary_metrics([r.summary for r in responses], [r.herbs for r in responses])
     return metrics
-
-
-@cache
-def training_stats() -> TrainStats:
-    """The statistics the explanation metrics judge by: the teacher's, from the clean training lists (whatever lists a
-    model learned from, so that every model is judged alike)."""
-    return TrainStats.from_records(load_split("train", "clean"))
 
 
 def explanation_metrics(predictions: Sequence[Prediction], records: Sequence[Record]) -> dict[str, float]:

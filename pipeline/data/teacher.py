@@ -30,7 +30,7 @@ from itertools import product
 import numpy as np
 
 from pipeline.data.baselines import CoOccurrence, herb_matrix
-from pipeline.data.records import Record
+from pipeline.data.records import Record, load_split
 from rxapp.knowledge import ROLE_ACTIONS, herb_actions, knowledge, lead_action, named_symptoms, treats
 from rxapp.stepformat import (
     Claim,
@@ -127,6 +127,14 @@ class TrainStats:
         """The patient's symptom with which this herb was most often prescribed in training, if any."""
         best = max(symptoms, key=lambda s: self.p(herb, s), default=None)
         return best if best is not None and self.p(herb, best) > 0 else None
+
+
+@cache
+def training_stats() -> TrainStats:
+    """The teacher's statistics from the clean training lists, whatever lists a model learned from: what the
+    explanation metrics judge every model by, and what the revision drafts of the evaluation and of stop tuning draw
+    their plausible wrong herbs from."""
+    return TrainStats.from_records(load_split("train", "clean"))
 
 
 def claim_is_grounded(claim: Claim, herb: str, symptoms: Sequence[str], stats: TrainStats) -> bool:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.config import StoppingConfig
 from pipeline.data.records import Record
 from pipeline.data.revision import training_drafts
-from pipeline.evaluate import training_stats
+from pipeline.data.teacher import training_stats
 from pipeline.metrics import jaccard
 from pipeline.model.generation import decode
 from pipeline.model.llm import load_trained
