@@ -81,7 +81,7 @@ class SFTConfig:
 @dataclass
 class StoppingConfig:
     """Tuning a trained model's two stop thresholds on validation (pipeline/model/stopping.py), after SFT, DPO, and
-    GRPO with grpo.retune_stop."""
+    GRPO (its revision threshold alone, unless grpo.retune_stop)."""
 
     cases: int = 1000  # from nothing: the first validation cases
     revision_cases: int = 300  # revising: drafts of the first validation cases, through the app's stepper
@@ -131,7 +131,9 @@ class DpoConfig:
 class GrpoConfig:
     """`pipeline grpo`: step-wise GRPO with potential-based reward shaping (its terms: pipeline/stages/grpo.py)."""
 
-    updates: int = 60
+    # the model it starts from: "sft", or "dpo" (the preference stage's), which no validation has yet shown to help
+    start: str = "sft"
+    updates: int = 150
     states: int = 8  # states per update (per process under torchrun)
     group: int = 8  # G rollouts per state
     alpha: float = 1.0  # the reward weight of the safety cost in the potential Φ (rxapp.safety.safety_cost)
@@ -141,21 +143,27 @@ class GrpoConfig:
     iterations: int = 2  # gradient steps on each update's rollouts (the clip matters from the second on)
     lr: float = 2e-5
     # of the herb choice in rollouts, and of its log-probabilities in the ratio and the KL (the stop is sampled at the
-    # model's own probability: the app's stop rule reads a quantile of that very distribution)
-    temperature: float = 1.0
+    # model's own probability: the app's stop rule reads a quantile of that very distribution); of 0.3, 0.5, 0.7 and
+    # 1, 0.7 trained the best greedy lists on validation (docs/lab/2026-12-06-grpo-on-own-states.md)
+    temperature: float = 0.7
     screen_weight: float = 0.0  # the stepper's safety screen in rollouts (0: the model meets pairs through Φ alone)
     max_herbs: int = 20  # a rollout ends when its list holds this many herbs (the doctors' mean is 6.9)
-    policy_share: float = 0.5  # states from the policy's own rollouts; the rest are corrupted ground truth
+    # states from the policy's own rollouts, the states the app meets; the rest are corrupted ground truth, which
+    # taught every policy to stop early (the same lab page)
+    policy_share: float = 1.0
     pregnant_share: float = 0.1  # states whose patient is pregnant, so that the pregnancy rules are exercised
     error_cases: int = 200  # validation cases that measure the starting model's errors (for corrupted truth)
-    # False: keep the start's stop threshold, so that the stopping GRPO trained is what decoding uses; True re-tunes
-    # it on validation Jaccard, which picked 0.05 and 12–18-herb prescriptions past the rollouts' length limit
+    # False: keep the start's from-nothing stop threshold, so that the stopping GRPO trained is what decoding uses;
+    # True re-tunes it on validation Jaccard, which picked 0.05 and 12–18-herb prescriptions past the rollouts' length
+    # limit. The revision threshold is re-tuned either way: GRPO does not train revising, but its changes move its stop
     retune_stop: bool = False
     checkpoint_every: int = 10  # updates between checkpoints, which `--resume` continues from after an interruption
 
     def __post_init__(self) -> None:
         check_safety_weight(self.alpha, "alpha")
         check_safety_weight(self.screen_weight, "screen_weight")
+        if self.start not in ("sft", "dpo"):
+            raise ValueError(f"start must be sft or dpo, got {self.start!r}")
 
 
 @dataclass
@@ -200,9 +208,9 @@ class PipelineConfig:
     # substring artefacts and second names of one drug (assets/vocab/artefacts.yaml), since the app writes those;
     # "raw" as published
     herb_lists: str = "clean"
-    # the stage whose model `pipeline run` exports (and `pipeline ship` embeds): sft, dpo or grpo. SFT, since DPO
-    # and GRPO run and are scored beside it but do not yet beat it (docs/results.md)
-    ship: str = "sft"
+    # the stage whose model `pipeline run` exports (and `pipeline ship` embeds): sft, dpo or grpo. GRPO, whose greedy
+    # lists beat the SFT model it starts from (docs/lab/2026-12-06-grpo-on-own-states.md); DPO does not
+    ship: str = "grpo"
 
     def __post_init__(self) -> None:
         if self.herb_lists not in HERB_LISTS:

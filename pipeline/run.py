@@ -47,7 +47,7 @@ class Run:
     start: Path | None = None  # the model a trained stage starts from, when not the run folder's (--model)
 
     def start_model(self, stage: str) -> Path:
-        start = self.start or self.folder.start_model(stage)
+        start = self.start or self.folder.start_model(stage, self.cfg.grpo.start)
         print(f"{stage} starts from {start}", file=sys.stderr)
         return start
 
@@ -206,8 +206,12 @@ def card(run: Run) -> dict:
 
 
 def making_stages(cfg: PipelineConfig) -> list[str]:
-    """The stages that made the exported model: everything up to the shipped stage, then export."""
-    return [*STAGE_NAMES[: STAGE_NAMES.index(cfg.ship) + 1], "export"]
+    """The stages that made the exported model: everything up to the shipped stage, then export; a GRPO model
+    started from SFT (grpo.start) owes nothing to the preference stage."""
+    made = STAGE_NAMES[: STAGE_NAMES.index(cfg.ship) + 1]
+    if cfg.ship == "grpo" and cfg.grpo.start == "sft":
+        made = [s for s in made if s not in ("small", "prefs", "dpo")]
+    return [*made, "export"]
 
 
 @dataclass(frozen=True)
@@ -235,15 +239,15 @@ def start_model_option(default: str) -> Option:
 
 
 FROM_SFT = start_model_option("RUN/sft/best")
-FROM_PREFERENCE_STAGE = start_model_option("RUN/dpo/best when the run has one, else RUN/sft/best")
+FROM_GRPO_START = start_model_option("RUN/sft/best, or RUN/dpo/best with grpo.start: dpo")
 FEEDBACK = Option("--from-feedback", "feedback", {"type": Path, "metavar": "FILE", "help": "the app's feedback "
                                                   "database (rx.db) or its JSONL export: its pairs join the data"})
 RESUME = Option("--resume", "resume", {"action": "store_true", "help": "continue from the last checkpoint"})
 SFT_OPTIONS = (RESUME,)
-GRPO_OPTIONS = (FROM_PREFERENCE_STAGE, Option("--alpha", "grpo.alpha", {
+GRPO_OPTIONS = (FROM_GRPO_START, Option("--alpha", "grpo.alpha", {
     "type": float, "help": "the safety cost's reward weight α (default: the config's grpo.alpha)"}), RESUME)
 SWEEP_OPTIONS = (
-    FROM_PREFERENCE_STAGE,
+    FROM_GRPO_START,
     Option("--alphas", "evaluate.tradeoff_alphas", {"type": float, "nargs": "+", "help": "the α to sweep (default: "
            f"the config's evaluate.tradeoff_alphas, else {' '.join(f'{a:g}' for a in SWEEP_ALPHAS)})"}),
     Option("--split", "evaluate.split", {"choices": SPLITS, "help": "the split to score (default: the config's "

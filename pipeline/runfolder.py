@@ -105,13 +105,14 @@ class RunFolder:
         """The exported model revising the split's corrupted drafts (pipeline.evaluate.evaluate_revision)."""
         return self.root / "evaluate" / f"revision-{split}.json"
 
-    def start_model(self, stage: str) -> Path:
+    def start_model(self, stage: str, grpo_start: str = "sft") -> Path:
         """The model a trained stage starts from (and, for DPO and GRPO, refers to): prefs and dpo start from SFT;
-        grpo and the α sweep from the preference stage's model when the run has one, else from SFT."""
+        grpo and the α sweep from `grpo_start`'s model (the config's grpo.start: sft, or dpo, the preference
+        stage's)."""
         if stage in ("prefs", "dpo"):
             return self.best("sft")
         if stage in ("grpo", "tradeoff"):
-            return self.best("dpo") if self.best("dpo").exists() else self.best("sft")
+            return self.best(grpo_start)
         raise ValueError(f"stage {stage!r} does not start from a trained model")
 
 

@@ -109,12 +109,13 @@ class ClaimRule:
     any_action: tuple[int, ...]  # every citable action of the herb (after 、)
     tied: dict[int, dict[int, list[int]]]  # action → 主治/用于 → the symptoms of this patient tied to it
     claims: dict[int, tuple[int, ...]]  # 主治/用于 → the symptoms it may name after an action not tied
-    alone: int | None  # the line's end, the only token after the action when none is tied to this patient
+    end: int | None  # the line's end
+    alone: bool  # the end is the only token after the action (none is tied to this patient)
 
     def allowed(self, explanation: Sequence[int]) -> list[int] | None:
         """Token ids allowed after `explanation` (the tokens after the step's herb), or None where it is free."""
         if not explanation:
-            return None
+            return [self.mark] if self.mark is not None else None
         last = explanation[-1]
         if last == self.mark and len(explanation) == 1:
             return list(self.actions) or None
@@ -125,8 +126,10 @@ class ClaimRule:
             return list(tied)
         if tied and len(explanation) == 4:
             return list(tied[last])
-        if self.alone is not None and len(explanation) == 2 and explanation[0] == self.mark:
-            return [self.alone]
+        if tied and len(explanation) == 5:
+            return [self.end]  # one claim, as the teacher writes it
+        if self.alone and len(explanation) == 2 and explanation[0] == self.mark:
+            return [self.end]
         if last == self.separator:
             return list(self.any_action) or None
         targets = self.claims.get(last)
@@ -136,15 +139,16 @@ class ClaimRule:
 def claim_rule(tokenize: Callable[[str], list[int]], herb: str, symptoms: Sequence[str], tie: bool = True
                ) -> ClaimRule:
     """What a step's explanation may say, so that it claims only what the sources give and ties the herb's action to
-    this patient's symptom where the sources pair them: after the opening colon, one of the herb's citable actions
-    (rxapp.knowledge.herb_actions), only that of the herb's best-scoring pair with one of the patient's symptoms
-    (rxapp.knowledge.associated; the pair the teacher cites) when there is one; after it, ，主治 or ，用于 and that
-    symptom (主治 where the herb's sources name the symptom, as the teacher writes it); equal best pairs are all
-    allowed. With no pair, the herb's role or lead action (rxapp.knowledge.lead_action) is the whole reason: no
-    symptom is claimed. Without `tie` (a removal, whose reason is an action this patient does not need), nothing is
-    tied: after 、 any citable action; after 主治 and 用于, a symptom of this patient (for 主治, one the herb's sources
-    say it treats, when there is one: rxapp.knowledge.treats). A constraint whose words the tokenizer does not make
-    one token each is left out."""
+    this patient's symptom where the sources pair them: the step format's colon opens it (a model that skipped it
+    would leave the rest unconstrained), then one of the herb's citable actions (rxapp.knowledge.herb_actions), only
+    that of the herb's best-scoring pair with one of the patient's symptoms (rxapp.knowledge.associated; the pair
+    the teacher cites) when there is one; after it, ，主治 or ，用于 and that symptom (主治 where the herb's sources
+    name the symptom, as the teacher writes it), and the line ends; equal best pairs are all allowed. With no pair,
+    the herb's role or lead action (rxapp.knowledge.lead_action) is the whole reason: no symptom is claimed.
+    Without `tie` (a removal, whose reason is an action this patient does not need), nothing is tied: after 、 any
+    citable action; after 主治 and 用于, a symptom of this patient (for 主治, one the herb's sources say it treats,
+    when there is one: rxapp.knowledge.treats). A constraint whose words the tokenizer does not make one token each
+    is left out."""
     def one(text: str) -> int | None:
         ids = tokenize(text)
         return ids[0] if len(ids) == 1 else None
@@ -164,8 +168,8 @@ def claim_rule(tokenize: Callable[[str], list[int]], herb: str, symptoms: Sequen
             tied.setdefault(actions[action], {}).setdefault(word, []).append(words[symptom])
     marks = [one(m) for m in (EXPLANATION_MARK, ACTION_SEPARATOR, CLAUSE_SEPARATOR, "\n")]
     if None in marks:
-        return ClaimRule(None, None, None, (), (), {}, claims, None)
+        return ClaimRule(None, None, None, (), (), {}, claims, None, False)
     mark, separator, clause, end = marks
     lead = actions.get(lead_action(herb)) if tie and not tied else None
     return ClaimRule(mark, separator, clause, tuple(tied) or ((lead,) if lead else tuple(actions.values())),
-                     tuple(actions.values()), tied, claims, end if lead else None)
+                     tuple(actions.values()), tied, claims, end, lead is not None)

@@ -33,7 +33,8 @@ from rxapp.safety import Patient
 from rxapp.stepformat import parse_response
 from rxapp.stepper import Recommendation, Step, StepperConfig, recommend
 
-THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+# 1 stops at the first decision: for a revision, proposing no change, which validation picks when every change hurts
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 MAX_REVISION_STEPS = 10  # a draft with the training's changes needs at most 6
 REVISION_TUNING_SEED = 6
 
@@ -97,20 +98,25 @@ def tune_revision(backend: HFBackend, records: Sequence[Record]) -> tuple[float,
     return *best_threshold(passes, truths), len(passes)
 
 
-def tune_stopping(folder: Path, validation: Sequence[dict], device: str, settings: StoppingConfig) -> StopThresholds:
+def tune_stopping(folder: Path, validation: Sequence[dict], device: str, settings: StoppingConfig,
+                  scratch: float | None = None) -> StopThresholds:
     """Tune a trained model's two stop thresholds on (the first cases of) `validation`, examples with symptoms and
-    the doctors' herbs, and write them into its metadata."""
+    the doctors' herbs, and write them into its metadata; with `scratch`, keep that from-nothing threshold and tune
+    the revision one alone (GRPO trains the from-nothing stop but not revising, whose stop its changes move)."""
     model, tokenizer = load_trained(folder)
     model.to(device)
     cases = validation[: settings.cases]
-    scratch, score = tune_scratch(model, tokenizer, [e["symptoms"] for e in cases], [set(e["herbs"]) for e in cases])
+    score = None
+    if scratch is None:
+        scratch, score = tune_scratch(model, tokenizer, [e["symptoms"] for e in cases],
+                                      [set(e["herbs"]) for e in cases])
     backend = HFBackend(model, tokenizer, model_metadata(StopThresholds(scratch, 0.0)), str(folder))
     records = [Record(str(i), tuple(e["symptoms"]), tuple(e["herbs"]))
                for i, e in enumerate(validation[: settings.revision_cases])]
     revision, revision_score, drafts = tune_revision(backend, records)
     thresholds = StopThresholds(scratch, revision)
     write_model_metadata(folder, thresholds)
-    tqdm.write(json.dumps({"stop_threshold": scratch, "val_Jaccard": round(score, 4), "cases": len(cases),
+    tqdm.write(json.dumps({"stop_threshold": scratch, "val_Jaccard": score and round(score, 4), "cases": len(cases),
                            "revision_stop_threshold": revision, "val_revision_Jaccard": round(revision_score, 4),
                            "drafts": drafts}))
     return thresholds

@@ -54,7 +54,7 @@ from pipeline.model.policy import Rollout, StepPolicy
 from pipeline.model.stopping import tune_stopping
 from pipeline.model.training import save_model, seed_everything, setup_distributed
 from pipeline.runfolder import RunFolder, read_jsonl, write_json
-from rxapp.modelinfo import saved_stop_thresholds, write_model_metadata
+from rxapp.modelinfo import saved_stop_thresholds
 from rxapp.safety import Patient, incompatible_pairs, safety_cost
 from rxapp.stepformat import encode_prompt, parse_response, render_analysis, render_prompt, render_step, steps_prefix
 from rxapp.stepper import StepperConfig
@@ -324,8 +324,10 @@ def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path, resume: 
     out = run_folder.stage("grpo", settings.alpha)
     model, reference, tokenizer = policy_and_reference(cfg, start, device)
     validation = read_jsonl(run_folder.examples("validation"))
-    errors = measured_errors(model, tokenizer, validation[: settings.error_cases],
-                             saved_stop_thresholds(start).scratch)
+    errors = ([0], [0])  # the starting model's errors: only corrupted ground truth reads them
+    if settings.policy_share < 1:
+        errors = measured_errors(model, tokenizer, validation[: settings.error_cases],
+                                 saved_stop_thresholds(start).scratch)
     train = load_split("train", cfg.herb_lists)
     stats = TrainStats.from_records(train)
     source = StateSource(train, errors, CoOccurrence().fit(train), settings, random.Random(cfg.seed + rank_))
@@ -362,10 +364,8 @@ def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path, resume: 
     if rank_ == 0:
         save_model(model.merge_and_unload() if reference is None else model, tokenizer, best)
         plot_curves(log, out / "curves.png")
-        if settings.retune_stop:
-            tune_stopping(best, validation[: cfg.sft.max_validation], device, cfg.stopping)
-        else:
-            write_model_metadata(best, saved_stop_thresholds(start))
+        kept = None if settings.retune_stop else saved_stop_thresholds(start).scratch
+        tune_stopping(best, validation[: cfg.sft.max_validation], device, cfg.stopping, scratch=kept)
     if world > 1:
         dist.barrier()
     return best

@@ -59,6 +59,7 @@ def test_the_herb_lists_must_be_raw_or_clean(tmp_path):
     ("grpo:\n  retune_stop: 1\n", "grpo:retune_stop: expected true or false, got 1"),
     ("grpo:\n  alpha: -5\n", "grpo: alpha must be a finite number ≥ 0, got -5"),  # it would reward unsafe herbs
     ("grpo:\n  alpha: .nan\n", "grpo: alpha must be a finite number ≥ 0, got nan"),
+    ("grpo:\n  start: small\n", "grpo: start must be sft or dpo, got 'small'"),
     ("evaluate:\n  tradeoff_alphas: [0, -1]\n", "evaluate: each of tradeoff_alphas must be a finite number ≥ 0"),
 ])
 def test_a_value_of_the_wrong_type_is_one_line_naming_its_key(tmp_path, setting, message):

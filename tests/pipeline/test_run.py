@@ -5,7 +5,10 @@ import shutil
 
 import pytest
 
+from pipeline.config import GrpoConfig, PipelineConfig
 from pipeline.release.ship import ship
+from pipeline.run import making_stages
+from pipeline.runfolder import RunFolder
 from rxapp.backends import load_backend
 from rxapp.modelinfo import file_sha256
 from tests.conftest import ROOT
@@ -73,3 +76,13 @@ def test_run_trains_every_stage_then_redoes_only_what_changed(cli, micro_run, tm
 
     refused = cli(*start, "--config", "configs/micro.yaml", "--resume")
     assert refused.returncode == 2 and "differs from the config" in refused.stderr
+
+
+def test_grpo_starts_from_the_model_its_config_names_and_the_card_lists_only_what_made_it(tmp_path):
+    folder = RunFolder(tmp_path)
+    assert folder.start_model("grpo") == folder.start_model("tradeoff", "sft") == folder.best("sft")
+    assert folder.start_model("grpo", "dpo") == folder.best("dpo")
+    from_sft = PipelineConfig(ship="grpo")  # the default grpo.start
+    assert making_stages(from_sft) == ["prepare", "knowledge", "distill", "sft", "grpo", "export"]
+    from_dpo = PipelineConfig(ship="grpo", grpo=GrpoConfig(start="dpo"))
+    assert making_stages(from_dpo) == [*STAGES[:8], "export"]

@@ -36,12 +36,13 @@ def test_a_step_may_cite_only_the_herbs_best_pair_with_this_patient(one):
     assert len({a for _, a, _ in pairs}) > 1  # several actions of 麻黄 go with this patient; the best is cited
     _, action, symptom = max(pairs)
     mark = one(EXPLANATION_MARK)
+    assert rule.allowed([]) == [mark]  # the step format's colon first: without it nothing below would hold
     assert rule.allowed([mark]) == [one(action)]
     assert rule.allowed([mark, one(action)]) == [one(CLAUSE_SEPARATOR)]
     word = INDICATION if treats("麻黄", symptom) else USAGE
     assert rule.allowed([mark, one(action), one(CLAUSE_SEPARATOR)]) == [one(word)]
     assert rule.allowed([mark, one(action), one(CLAUSE_SEPARATOR), one(word)]) == [one(symptom)]
-    assert rule.allowed([mark, one(action), one(CLAUSE_SEPARATOR), one(word), one(symptom)]) is None  # the line ends
+    assert rule.allowed([mark, one(action), one(CLAUSE_SEPARATOR), one(word), one(symptom)]) == [one("\n")]
 
 
 def test_a_removal_may_cite_any_citable_action_and_the_patients_symptoms(one):

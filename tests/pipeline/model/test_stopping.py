@@ -16,7 +16,9 @@ def test_each_threshold_scores_the_list_where_its_rule_stops():
     best, score = best_threshold([([0.9, 0.6, 0.3], lists)], [truth])
     assert score == 1.0 and 0.6 <= best < 0.9  # those stop at the second boundary, on the doctors' list
     never = best_threshold([([0.99], [["甘草", "麻黄"], ["甘草", "桂枝"]])], [truth])
-    assert never == (THRESHOLDS[0], 1.0)  # a pass no threshold stops is scored on its last list
+    assert never == (THRESHOLDS[0], 1.0)  # a pass no threshold below 1 stops is scored on its last list
+    # 1 stops at the first boundary: for a revision, no change, the best answer when every change hurts
+    assert best_threshold([([0.99], [["甘草", "桂枝"], ["甘草", "桂枝", "麻黄"]])], [truth]) == (1.0, 1.0)
 
 
 def test_a_revision_pass_holds_the_list_at_every_boundary_and_is_cut(micro_export):
