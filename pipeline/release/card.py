@@ -87,7 +87,7 @@ def stage_list(config: PipelineConfig, stages: Sequence[str]) -> str:
         "grpo": f"step-wise GRPO on the stepper's decisions (α {grpo.alpha:g}, {grpo.updates} updates × "
                 f"{grpo.states} states × {grpo.group} rollouts at T {grpo.temperature:g}, λ {grpo.step_weight}, "
                 f"clip {grpo.clip}, exact KL {grpo.kl}, lr {grpo.lr}; {grpo.policy_share:.0%} of the states from the "
-                f"policy's own rollouts; from the {grpo.start.upper()} model)",
+                "policy's own rollouts) from the model of the stage above",
         "export": "export (merged HF folder, GGUF f16, Q8_0 and Q4_K_M)",
     }
     return "\n".join(f"  - {described[s]}" for s in stages if s in described)

@@ -33,7 +33,8 @@ def test_the_defaults_are_the_shipped_model_settings():
     # overrides nothing, so a drift in a dataclass default would silently change what every other config inherits
     shipped = PipelineConfig.load("configs/default.yaml").to_dict()
     assert shipped == {**PipelineConfig().to_dict(), "name": "default"}
-    assert shipped["ship"] == "sft" and shipped["sft"]["set_loss"] == "sum" and shipped["sft"]["epochs"] == 2
+    assert shipped["ship"] == "grpo" and shipped["sft"]["set_loss"] == "sum" and shipped["sft"]["epochs"] == 2
+    assert shipped["grpo"]["start"] == "sft" and shipped["grpo"]["policy_share"] == 1.0  # the shipped GRPO model's
     assert shipped["herb_lists"] == "clean"
 
 
