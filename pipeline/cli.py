@@ -53,7 +53,8 @@ def run_tune_stop(args: argparse.Namespace) -> int:
     validation = [{"symptoms": r.symptoms, "herbs": r.herbs} for r in load_split("validation", args.lists)]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     thresholds = tune_stopping(args.model, validation, device, StoppingConfig())
-    print(f"{args.model}: stop threshold {thresholds.scratch:g}, revision stop threshold {thresholds.revision:g}")
+    print(f"{args.model}: stop threshold {thresholds.scratch:g}, herb limit {thresholds.herb_limit or 'none'}, "
+          f"revision stop threshold {thresholds.revision:g}")
     return 0
 
 
@@ -252,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "as published (default %(default)s)")
     distill.set_defaults(run=run_distill)
     add_stage_commands(sub)
-    tune = sub.add_parser("tune-stop", help="re-tune a trained model's two stop thresholds (from nothing; revising a "
-                          "draft) on the validation split and write them into its rx.json; then export it again")
+    tune = sub.add_parser("tune-stop", help="re-tune a trained model's stop rule (from nothing: threshold and herb "
+                          "limit; revising a draft: threshold) on the validation split and write it into its rx.json; "
+                          "then export it again")
     tune.add_argument("--model", type=Path, required=True, help="trained model folder, e.g. RUN/sft/best or EXPORT/hf")
     tune.add_argument("--lists", default="clean", choices=HERB_LISTS,
                       help="the validation herb lists to tune on: those the model learned from (default %(default)s)")

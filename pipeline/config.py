@@ -80,8 +80,9 @@ class SFTConfig:
 
 @dataclass
 class StoppingConfig:
-    """Tuning a trained model's two stop thresholds on validation (pipeline/model/stopping.py), after SFT, DPO, and
-    GRPO (its revision threshold alone, unless grpo.retune_stop)."""
+    """Tuning a trained model's stop rule on validation (pipeline/model/stopping.py): from nothing, a threshold and
+    a herb limit; revising a draft, a threshold. After SFT, DPO and GRPO (its revision threshold alone, unless
+    grpo.retune_stop)."""
 
     cases: int = 1000  # from nothing: the first validation cases
     revision_cases: int = 300  # revising: drafts of the first validation cases, through the app's stepper
@@ -153,10 +154,11 @@ class GrpoConfig:
     policy_share: float = 1.0
     pregnant_share: float = 0.1  # states whose patient is pregnant, so that the pregnancy rules are exercised
     error_cases: int = 200  # validation cases that measure the starting model's errors (for corrupted truth)
-    # False: keep the start's from-nothing stop threshold, so that the stopping GRPO trained is what decoding uses;
-    # True re-tunes it on validation Jaccard, which picked 0.05 and 12–18-herb prescriptions past the rollouts' length
-    # limit. The revision threshold is re-tuned either way: GRPO does not train revising, but its changes move its stop
-    retune_stop: bool = False
+    # True: tune the from-nothing stop rule (threshold and herb limit) again on validation, as after SFT: the stop
+    # probabilities GRPO trains set how long lists are on average, not which patients need longer ones, so the rule
+    # that scores best for the trained model is chosen afresh (docs/lab/2026-12-07-stop-length.md); False keeps the
+    # start's. The revision threshold is re-tuned either way: GRPO does not train revising, but its changes move it
+    retune_stop: bool = True
     checkpoint_every: int = 10  # updates between checkpoints, which `--resume` continues from after an interruption
 
     def __post_init__(self) -> None:

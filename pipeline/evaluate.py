@@ -164,18 +164,18 @@ def evaluate_baseline(name: str, split: str, limit: int | None = None, lists: st
 
 
 def model_predictor(path: Path, batch_size: int = 64) -> Predictor:
-    """A trained model folder: greedy responses (stopping at the model's own threshold), ranked by the shared rule
+    """A trained model folder: greedy responses (stopping by the model's own rule), ranked by the shared rule
     (every herb by its first-step score)."""
     from pipeline.model.generation import generate_responses
     from pipeline.model.llm import load_trained
     from pipeline.model.scoring import first_herb_logprobs
 
     model, tokenizer = load_trained(path)
-    threshold = saved_stop_thresholds(path).scratch
+    stop = saved_stop_thresholds(path)
 
     def predict(records: Sequence[Record]) -> list[Prediction]:
         symptom_sets = [r.symptoms for r in records]
-        texts = generate_responses(model, tokenizer, symptom_sets, threshold, batch_size)
+        texts = generate_responses(model, tokenizer, symptom_sets, stop, batch_size)
         scores = first_herb_logprobs(model, tokenizer, symptom_sets)
         parsed = [parse_response(t) for t in texts]
         return [Prediction(rank_herbs(s), p.herbs, p) for p, s in zip(parsed, scores, strict=True)]

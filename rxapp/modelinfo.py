@@ -17,6 +17,7 @@ FORMAT_KEY = "rx.step_format_version"
 VOCABULARY_KEY = "rx.herb_vocabulary_sha256"
 STOP_KEY = "rx.stop_threshold"  # the greedy stop rule's threshold building from nothing (rxapp.decoding.greedy_stop)
 REVISION_STOP_KEY = "rx.revision_stop_threshold"  # and revising a draft
+HERB_LIMIT_KEY = "rx.herb_limit"  # the most herbs a prescription built from nothing holds ("0": no limit of its own)
 DEFAULT_STOP_THRESHOLD = 0.5
 HF_METADATA = "rx.json"  # beside config.json: the metadata of a Hugging Face folder (a GGUF holds it as fields)
 
@@ -33,10 +34,13 @@ def vocabulary_digest() -> str:
 class StopThresholds:
     """The greedy stop rule's thresholds (rxapp.decoding.greedy_stop), each tuned on validation: one for building a
     prescription from nothing, one for revising a draft, where the same model should stop after a few changes
-    rather than a prescription's worth of steps."""
+    rather than a prescription's worth of steps; and the most herbs a prescription built from nothing may hold,
+    tuned with its threshold, since the model's stop probabilities set how long its lists are on average but barely
+    which patients need longer ones (pipeline.model.stopping)."""
 
     scratch: float = DEFAULT_STOP_THRESHOLD
     revision: float = DEFAULT_STOP_THRESHOLD
+    herb_limit: int | None = None  # None: only the stepper's own limit (StepperConfig.max_herbs)
 
     def of(self, revising: bool) -> float:
         return self.revision if revising else self.scratch
@@ -44,7 +48,8 @@ class StopThresholds:
 
 def model_metadata(thresholds: StopThresholds = StopThresholds()) -> dict[str, str]:
     return {FORMAT_KEY: str(FORMAT_VERSION), VOCABULARY_KEY: vocabulary_digest(),
-            STOP_KEY: f"{thresholds.scratch:g}", REVISION_STOP_KEY: f"{thresholds.revision:g}"}
+            STOP_KEY: f"{thresholds.scratch:g}", REVISION_STOP_KEY: f"{thresholds.revision:g}",
+            HERB_LIMIT_KEY: str(thresholds.herb_limit or 0)}
 
 
 def format_version(metadata: dict[str, str]) -> int:
@@ -53,10 +58,12 @@ def format_version(metadata: dict[str, str]) -> int:
 
 
 def stop_thresholds(metadata: dict[str, str]) -> StopThresholds:
-    """The model's tuned stop thresholds: ½ (the median length) where it declares none, and its from-nothing
-    threshold for revising where it declares no revision threshold (models exported before there was one)."""
+    """The model's tuned stop thresholds: ½ (the median length) where it declares none, its from-nothing threshold
+    for revising where it declares no revision threshold, and no herb limit where it declares none (models exported
+    before there was one)."""
     scratch = float(metadata.get(STOP_KEY, DEFAULT_STOP_THRESHOLD))
-    return StopThresholds(scratch, float(metadata.get(REVISION_STOP_KEY, scratch)))
+    return StopThresholds(scratch, float(metadata.get(REVISION_STOP_KEY, scratch)),
+                          int(metadata.get(HERB_LIMIT_KEY, 0)) or None)
 
 
 def saved_stop_thresholds(folder: Path) -> StopThresholds:

@@ -236,6 +236,8 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
     result = Recommendation(list(symptoms), patient, analysis, draft)
     first_scores, stop_probabilities = None, []
     stop_threshold = backend.stop_thresholds.of(revising=draft is not None)  # the model's own for revising a draft
+    limit = backend.stop_thresholds.herb_limit
+    max_herbs = min(cfg.max_herbs, limit) if limit and draft is None else cfg.max_herbs
     tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
 
     def step(action: str, herb: str, probability: float, still_open: float | None = None) -> Step:
@@ -265,7 +267,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
             scores = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
             yield step("draft", herb, float(np.exp(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))))
     while True:  # ids end with a newline: another step, or stop
-        allowed = fmt.allowed(ids[start:], cfg.max_herbs, len(draft.herbs) if draft else 0)
+        allowed = fmt.allowed(ids[start:], max_herbs, len(draft.herbs) if draft else 0)
         if result.steps and len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
             allowed = [fmt.stop]  # no room for another step (加, the herb, its explanation) in the model's context
         pooled = None  # the pooled herb logits after 加 here, once asked for

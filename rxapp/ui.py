@@ -95,7 +95,9 @@ def build_app(engine: Engine, store: FeedbackStore) -> gr.Blocks:
                 with gr.Row():
                     screen_weight = gr.Slider(0, 10, value=StepperConfig.screen_weight, step=0.5,
                                       label="安全筛查权重 Screen weight（每条配伍/妊娠规则降低的 logit）")
-                    max_herbs = gr.Slider(1, StepperConfig.max_herbs, value=20, step=1, label="最多药味 Max herbs")
+                    max_herbs = gr.Slider(1, StepperConfig.max_herbs, value=20, step=1, label="最多药味 Max herbs",
+                                          info="从零开方时，模型自带的上限（见模型卡）更小则以其为准 From nothing, "
+                                               "the model's own limit applies where it is lower (see its card)")
                 with gr.Row():
                     decoding = gr.Radio(list(DECODING), value=DECODING[0], label="解码 Decoding")
                     temperature = gr.Slider(0.1, 1.5, value=0.7, step=0.1, label="温度 Temperature（采样时）")

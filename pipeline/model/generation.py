@@ -3,8 +3,8 @@
 The 症状分析 of the default format follows from the prompt, so it is given, not generated; from 【处方】 on, a
 logits processor keeps decoding inside the step format exactly as the app's stepper does (rxapp.decoding): after
 a step only 加 (another step) or 【 (stop; 【方解】 is then given) may follow, chosen by the greedy stop rule
-(`greedy_stop`); after 加 only a vocabulary herb not already prescribed; and an explanation cites what the app's
-claim rule allows (rxapp.decoding.claim_rule: the herb's actions, tied to the patient's symptoms).
+(`greedy_stop` and the herb limit); after 加 only a vocabulary herb not already prescribed; and an explanation
+cites what the app's claim rule allows (rxapp.decoding.claim_rule: the herb's actions, tied to the patient's symptoms).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from pipeline.model.llm import pad_rows
-from rxapp.decoding import ClaimRule, FormatTokens, claim_rule, greedy_stop, stop_probability
+from rxapp.decoding import MAX_DECODED_HERBS, ClaimRule, FormatTokens, claim_rule, greedy_stop, stop_probability
+from rxapp.modelinfo import StopThresholds
 from rxapp.stepformat import SUMMARY_HEADER, encode_prompt, render_analysis, render_prompt, steps_prefix
 from rxapp.vocab import vocab
 
@@ -25,12 +26,13 @@ class StepConstraints(LogitsProcessor):
     """The token-level step format (rxapp.decoding) as a transformers logits processor: format markers, herbs, and
     the symptoms an explanation's claims may name, as in the app's stepper."""
 
-    def __init__(self, tokenizer, start: int, symptom_sets: Sequence[Sequence[str]], stop_threshold: float) -> None:
+    def __init__(self, tokenizer, start: int, symptom_sets: Sequence[Sequence[str]], stop: StopThresholds) -> None:
         self.tokenize = lambda text: tokenizer.encode(text, add_special_tokens=False)
         self.format = FormatTokens.of(self.tokenize)
         self.start = start  # generated tokens begin here (the width of the left-padded input)
         self.symptom_sets = symptom_sets
-        self.stop_threshold = stop_threshold
+        self.stop_threshold = stop.scratch
+        self.max_herbs = stop.herb_limit or MAX_DECODED_HERBS
         self.herb_names = dict(zip(self.format.herbs, vocab().herbs, strict=True))
         self.header = self.tokenize(SUMMARY_HEADER + "\n")  # begins with the stop token 【
         self.claims: dict[tuple[int, int], ClaimRule] = {}  # (row, herb token) -> its explanation's claim rule
@@ -39,7 +41,7 @@ class StepConstraints(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(input_ids.shape[0]):
             generated = input_ids[row, self.start :].tolist()
-            allowed = self.format.allowed(generated)
+            allowed = self.format.allowed(generated, self.max_herbs)
             if self.format.stop in generated:
                 given = len(generated) - generated.index(self.format.stop)
                 allowed = [self.header[given]] if given < len(self.header) else None
@@ -65,11 +67,11 @@ class StepConstraints(LogitsProcessor):
 
 
 @torch.no_grad()
-def decode(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop_threshold: float, batch_size: int = 64,
+def decode(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop: StopThresholds, batch_size: int = 64,
            max_new_tokens: int = 320, desc: str = "generate", temperature: float = 0.0
            ) -> list[tuple[str, list[float]]]:
-    """One response per symptom set, greedy (or sampled at `temperature` > 0; the stop rule stays the model's
-    own), with the model's stop probability at each of its step boundaries."""
+    """One response per symptom set built from nothing, greedy (or sampled at `temperature` > 0; the stop rule
+    stays `stop`, the model's own), with the model's stop probability at each of its step boundaries."""
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -80,7 +82,7 @@ def decode(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop_thresho
                   for s, p in zip(chunk, prefixes, strict=True)]
         ids, mask = pad_rows(inputs, tokenizer.pad_token_id, left=True)
         width = ids.shape[1]
-        constraints = StepConstraints(tokenizer, width, chunk, stop_threshold)
+        constraints = StepConstraints(tokenizer, width, chunk, stop)
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {
             "do_sample": False}
         generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **sampling,
@@ -93,7 +95,7 @@ def decode(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop_thresho
     return out
 
 
-def generate_responses(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop_threshold: float,
+def generate_responses(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop: StopThresholds,
                        batch_size: int = 64) -> list[str]:
-    """One greedy response per symptom set, stopping by the model's stop threshold."""
-    return [text for text, _ in decode(model, tokenizer, symptom_sets, stop_threshold, batch_size)]
+    """One greedy response per symptom set, stopping by the model's from-nothing stop rule."""
+    return [text for text, _ in decode(model, tokenizer, symptom_sets, stop, batch_size)]

@@ -1,12 +1,12 @@
-"""The greedy stop rule's two thresholds (rxapp.modelinfo.StopThresholds), tuned on validation and written into a
-trained model's metadata, which the evaluator, the exporter and the app read.
+"""The greedy stop rule (rxapp.modelinfo.StopThresholds: two thresholds and a herb limit), tuned on validation and
+written into a trained model's metadata, which the evaluator, the exporter and the app read.
 
 Greedy decoding picks the same herbs whenever it stops, so one pass per case that never stops gives every
-threshold's prescription as a prefix of that pass. Building from nothing, the pass is the batched decoder's
-(pipeline.model.generation). Revising a draft, it is the app's own stepper's, on validation drafts corrupted as the
-revision training examples are (0–3 of the doctors' herbs dropped, 0–3 plausible wrong ones added; not as the
-revision evaluation's test drafts are), cut after MAX_REVISION_STEPS: a threshold that would go on past the cut is
-scored on the list there.
+threshold's prescription, and every herb limit's, as a prefix of that pass. Building from nothing, the pass is the
+batched decoder's (pipeline.model.generation). Revising a draft, it is the app's own stepper's, on validation
+drafts corrupted as the revision training examples are (0–3 of the doctors' herbs dropped, 0–3 plausible wrong ones
+added; not as the revision evaluation's test drafts are), cut after MAX_REVISION_STEPS: a threshold that would go
+on past the cut is scored on the list there.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pipeline.config import StoppingConfig
 from pipeline.data.records import Record
 from pipeline.data.revision import training_drafts
 from pipeline.data.teacher import training_stats
-from pipeline.metrics import jaccard
+from pipeline.metrics import jaccard, paired_interval
 from pipeline.model.generation import decode
 from pipeline.model.llm import load_trained
 from rxapp.backends import HFBackend
@@ -35,34 +35,68 @@ from rxapp.stepper import Recommendation, Step, StepperConfig, recommend
 
 # 1 stops at the first decision: for a revision, proposing no change, which validation picks when every change hurts
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+# from nothing, the most herbs a prescription may hold; None leaves the threshold alone (the pass ends at 20 herbs)
+HERB_LIMITS = (None, *range(4, 21))
 MAX_REVISION_STEPS = 10  # a draft with the training's changes needs at most 6
 REVISION_TUNING_SEED = 6
 
 
-def best_threshold(passes: Sequence[tuple[Sequence[float], Sequence[Sequence[str]]]], truths: Sequence[set[str]]
-                   ) -> tuple[float, float]:
+Pass = tuple[Sequence[float], Sequence[Sequence[str]]]
+
+
+def stopped_list(opens: Sequence[float], lists: Sequence[Sequence[str]], threshold: float, limit: int | None = None
+                 ) -> Sequence[str]:
+    """The list a pass holds where the rule stops: at the first boundary whose chance still open is at most
+    `threshold` (else at the pass's end), cut to `limit` herbs (a from-nothing pass only adds, so its cut is the
+    list at that boundary)."""
+    held = next((lists[i] for i, o in enumerate(opens) if o <= threshold), lists[-1])
+    return held[:limit] if limit else held
+
+
+def best_threshold(passes: Sequence[Pass], truths: Sequence[set[str]]) -> tuple[float, float]:
     """The threshold among THRESHOLDS whose lists have the best mean Jaccard, and that Jaccard. Each pass holds the
     chance still open at each step boundary where the rule was asked, and the list at each of those boundaries and
     at the pass's end (one list more)."""
     def mean_jaccard(threshold: float) -> float:
-        return float(np.mean([jaccard(set(next((lists[i] for i, o in enumerate(opens) if o <= threshold), lists[-1])),
-                                      truth) for (opens, lists), truth in zip(passes, truths, strict=True)]))
+        return float(np.mean([jaccard(set(stopped_list(opens, lists, threshold)), truth)
+                              for (opens, lists), truth in zip(passes, truths, strict=True)]))
 
     scores = {t: mean_jaccard(t) for t in THRESHOLDS}
     best = max(scores, key=scores.get)
     return best, scores[best]
 
 
+def shortest_tied_rule(passes: Sequence[Pass], truths: Sequence[set[str]]) -> tuple[float, int | None, float]:
+    """The from-nothing rule (threshold, herb limit) and its mean Jaccard: of the rules whose Jaccard ties the best
+    one's (the 95 % paired bootstrap interval of best − it holds zero), the one with the shortest lists. Every herb
+    past the doctors' is one the practitioner must strike out, and the model's stop probabilities barely tell which
+    patients need longer lists (docs/lab/2026-12-07-stop-length.md), so a shorter list that scores as well is the
+    better one."""
+    scores, lengths = {}, {}
+    for rule in ((t, limit) for limit in HERB_LIMITS for t in THRESHOLDS):
+        held = [stopped_list(opens, lists, *rule) for opens, lists in passes]
+        scores[rule] = [jaccard(set(h), truth) for h, truth in zip(held, truths, strict=True)]
+        lengths[rule] = float(np.mean([len(h) for h in held]))
+    best = max(scores, key=lambda rule: np.mean(scores[rule]))
+
+    def ties(rule: tuple[float, int | None]) -> bool:
+        return rule == best or paired_interval({"Jaccard": scores[best]}, {"Jaccard": scores[rule]}, "Jaccard")[0] <= 0
+
+    chosen = min((rule for rule in scores if ties(rule)), key=lambda rule: (lengths[rule], -np.mean(scores[rule])))
+    return *chosen, float(np.mean(scores[chosen]))
+
+
 def tune_scratch(model, tokenizer, symptom_sets: Sequence[Sequence[str]], truths: Sequence[set[str]],
-                 max_herbs: int = 20) -> tuple[float, float]:
-    """The from-nothing threshold and its validation Jaccard, from one batched greedy pass per case."""
+                 max_herbs: int = 20) -> tuple[float, int | None, float]:
+    """The from-nothing threshold and herb limit (shortest_tied_rule) and their validation Jaccard, from one
+    batched greedy pass per case that never stops."""
     passes = []
-    for text, probabilities in decode(model, tokenizer, symptom_sets, 0.0, max_new_tokens=12 * max_herbs,
-                                      desc="tune stopping"):
+    for text, probabilities in decode(model, tokenizer, symptom_sets, StopThresholds(scratch=0.0),
+                                      max_new_tokens=12 * max_herbs, desc="tune stopping"):
         herbs = parse_response(text).herbs
         passes.append((np.cumprod([1.0 - p for p in probabilities]), [herbs[: i + 1] for i in
                                                                        range(len(probabilities))] + [herbs]))
-    return best_threshold(passes, truths)
+    return shortest_tied_rule(passes, truths)
 
 
 def revision_pass(backend: HFBackend, symptoms: Sequence[str], draft: Sequence[str]
@@ -99,24 +133,27 @@ def tune_revision(backend: HFBackend, records: Sequence[Record]) -> tuple[float,
 
 
 def tune_stopping(folder: Path, validation: Sequence[dict], device: str, settings: StoppingConfig,
-                  scratch: float | None = None) -> StopThresholds:
-    """Tune a trained model's two stop thresholds on (the first cases of) `validation`, examples with symptoms and
-    the doctors' herbs, and write them into its metadata; with `scratch`, keep that from-nothing threshold and tune
-    the revision one alone (GRPO trains the from-nothing stop but not revising, whose stop its changes move)."""
+                  kept: StopThresholds | None = None) -> StopThresholds:
+    """Tune a trained model's stop rule on (the first cases of) `validation`, examples with symptoms and the
+    doctors' herbs, and write it into its metadata; with `kept`, keep its from-nothing threshold and herb limit and
+    tune the revision threshold alone."""
     model, tokenizer = load_trained(folder)
     model.to(device)
     cases = validation[: settings.cases]
-    score = None
-    if scratch is None:
-        scratch, score = tune_scratch(model, tokenizer, [e["symptoms"] for e in cases],
-                                      [set(e["herbs"]) for e in cases])
+    if kept is None:
+        scratch, limit, score = tune_scratch(model, tokenizer, [e["symptoms"] for e in cases],
+                                             [set(e["herbs"]) for e in cases])
+        from_nothing = {"stop_threshold": scratch, "herb_limit": limit, "val_Jaccard": round(score, 4),
+                        "cases": len(cases)}
+    else:
+        scratch, limit = kept.scratch, kept.herb_limit
+        from_nothing = {"stop_threshold": scratch, "herb_limit": limit, "kept": True}
     backend = HFBackend(model, tokenizer, model_metadata(StopThresholds(scratch, 0.0)), str(folder))
     records = [Record(str(i), tuple(e["symptoms"]), tuple(e["herbs"]))
                for i, e in enumerate(validation[: settings.revision_cases])]
     revision, revision_score, drafts = tune_revision(backend, records)
-    thresholds = StopThresholds(scratch, revision)
+    thresholds = StopThresholds(scratch, revision, limit)
     write_model_metadata(folder, thresholds)
-    tqdm.write(json.dumps({"stop_threshold": scratch, "val_Jaccard": score and round(score, 4), "cases": len(cases),
-                           "revision_stop_threshold": revision, "val_revision_Jaccard": round(revision_score, 4),
-                           "drafts": drafts}))
+    tqdm.write(json.dumps({**from_nothing, "revision_stop_threshold": revision,
+                           "val_revision_Jaccard": round(revision_score, 4), "drafts": drafts}))
     return thresholds

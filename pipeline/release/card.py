@@ -142,6 +142,11 @@ added {row['additions']:.2f} herbs; removal precision
 """
 
 
+def herb_limit(stopping: StopThresholds) -> str:
+    return (f", and a prescription built from nothing ends at {stopping.herb_limit} herbs at most"
+            if stopping.herb_limit else "")
+
+
 def render_card(config: PipelineConfig, rows: Sequence[dict], files: Sequence[Path], stopping: StopThresholds,
                 stages: Sequence[str] = DEFAULT_STAGES, tradeoff: Sequence[dict] = (), revision: dict | None = None
                 ) -> str:
@@ -186,8 +191,8 @@ screen weight each row used.
 
 ## Stopping
 Greedy decoding stops once the model's probability that the prescription is still open falls to
-{stopping.scratch:g} building from nothing and to {stopping.revision:g} revising a draft (each tuned on validation;
-`rxapp.decoding.greedy_stop`, `pipeline.model.stopping`).
+{stopping.scratch:g} building from nothing and to {stopping.revision:g} revising a draft{herb_limit(stopping)}
+(each tuned on validation; `rxapp.decoding.greedy_stop`, `pipeline.model.stopping`).
 
 ## Metrics ({", ".join(splits)} split)
 Rankings: every herb by the model's first-step probability (`rxapp.ranking`). Set metrics

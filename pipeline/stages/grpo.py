@@ -54,7 +54,7 @@ from pipeline.model.policy import Rollout, StepPolicy
 from pipeline.model.stopping import tune_stopping
 from pipeline.model.training import save_model, seed_everything, setup_distributed
 from pipeline.runfolder import RunFolder, read_jsonl, write_json
-from rxapp.modelinfo import saved_stop_thresholds
+from rxapp.modelinfo import StopThresholds, saved_stop_thresholds
 from rxapp.safety import Patient, incompatible_pairs, safety_cost
 from rxapp.stepformat import encode_prompt, parse_response, render_analysis, render_prompt, render_step, steps_prefix
 from rxapp.stepper import StepperConfig
@@ -218,11 +218,11 @@ def reference_log_probs(policy: StepPolicy, rollouts: Sequence[Rollout]) -> tupl
         return policy.log_probs(policy.model, rollouts)
 
 
-def measured_errors(model, tokenizer, validation: list[dict], threshold: float) -> tuple[list[int], list[int]]:
+def measured_errors(model, tokenizer, validation: list[dict], stop: StopThresholds) -> tuple[list[int], list[int]]:
     """Per validation case, how many true herbs the starting model misses and how many wrong ones it adds."""
     from pipeline.model.generation import generate_responses
 
-    texts = generate_responses(model, tokenizer, [e["symptoms"] for e in validation], threshold)
+    texts = generate_responses(model, tokenizer, [e["symptoms"] for e in validation], stop)
     missing, extra = [], []
     for text, case in zip(texts, validation, strict=True):
         predicted, truth = set(parse_response(text).herbs), set(case["herbs"])
@@ -327,7 +327,7 @@ def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path, resume: 
     errors = ([0], [0])  # the starting model's errors: only corrupted ground truth reads them
     if settings.policy_share < 1:
         errors = measured_errors(model, tokenizer, validation[: settings.error_cases],
-                                 saved_stop_thresholds(start).scratch)
+                                 saved_stop_thresholds(start))
     train = load_split("train", cfg.herb_lists)
     stats = TrainStats.from_records(train)
     source = StateSource(train, errors, CoOccurrence().fit(train), settings, random.Random(cfg.seed + rank_))
@@ -364,8 +364,8 @@ def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path, resume: 
     if rank_ == 0:
         save_model(model.merge_and_unload() if reference is None else model, tokenizer, best)
         plot_curves(log, out / "curves.png")
-        kept = None if settings.retune_stop else saved_stop_thresholds(start).scratch
-        tune_stopping(best, validation[: cfg.sft.max_validation], device, cfg.stopping, scratch=kept)
+        kept = None if settings.retune_stop else saved_stop_thresholds(start)
+        tune_stopping(best, validation[: cfg.sft.max_validation], device, cfg.stopping, kept=kept)
     if world > 1:
         dist.barrier()
     return best

@@ -150,7 +150,7 @@ def build_preferences(cfg: PipelineConfig, run_folder: RunFolder, model_dir: Pat
     model, tokenizer = load_trained(model_dir)
     torch.manual_seed(cfg.seed)
     repeated = [c.symptoms for c in cases for _ in range(settings.samples)]
-    texts = [t for t, _ in decode(model, tokenizer, repeated, saved_stop_thresholds(model_dir).scratch,
+    texts = [t for t, _ in decode(model, tokenizer, repeated, saved_stop_thresholds(model_dir),
                                   temperature=settings.temperature, desc="sample responses")]
     samples = [texts[i * settings.samples : (i + 1) * settings.samples] for i in range(len(cases))]
     small, small_tokenizer = load_small(small_dir)

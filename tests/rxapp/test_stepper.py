@@ -20,6 +20,7 @@ from rxapp.modelinfo import (
     VOCABULARY_KEY,
     ModelMismatchError,
     StopThresholds,
+    model_metadata,
     stop_thresholds,
 )
 from rxapp.safety import Patient
@@ -110,6 +111,17 @@ def test_stepper_stops_where_the_models_threshold_says(micro_export):
         assert lengths == sorted(lengths) and lengths[0] < lengths[-1]  # a lower threshold: a longer prescription
     finally:
         backend.close()
+
+
+def test_a_model_herb_limit_cuts_a_prescription_from_nothing_but_not_a_revision(llama, monkeypatch):
+    record = load_split("test", "clean")[0]
+    monkeypatch.setattr(llama, "stop_thresholds", StopThresholds(scratch=0.0, revision=0.0))  # never stop by chance
+    assert len(run(llama, list(record.symptoms), max_herbs=6)[1].herbs) == 6  # the practitioner's own limit
+    monkeypatch.setattr(llama, "stop_thresholds", StopThresholds(scratch=0.0, revision=0.0, herb_limit=3))
+    assert len(run(llama, list(record.symptoms), max_herbs=6)[1].herbs) == 3  # the model's, the lower of the two
+    draft = read_draft(list(record.herbs[:4]))
+    revised = revise(llama, list(record.symptoms), draft, max_herbs=6)
+    assert len(revised.herbs) > 3  # a revision keeps its draft: the limit is tuned for lists built from nothing
 
 
 def test_choose_skips_forbidden_tokens():
@@ -219,7 +231,9 @@ def test_revising_a_draft_stops_by_the_models_revision_threshold(llama, monkeypa
 
 def test_a_model_that_declares_no_revision_threshold_revises_with_its_own():
     assert stop_thresholds({STOP_KEY: "0.4"}) == StopThresholds(0.4, 0.4)
-    assert stop_thresholds({}) == StopThresholds(0.5, 0.5)
+    assert stop_thresholds({}) == StopThresholds(0.5, 0.5)  # and no herb limit of its own
+    assert stop_thresholds(model_metadata(StopThresholds(0.55, 1.0, 8))) == StopThresholds(0.55, 1.0, 8)
+    assert stop_thresholds(model_metadata(StopThresholds(0.55, 1.0))).herb_limit is None
 
 
 def test_a_drafts_own_warnings_come_before_the_first_step(llama):

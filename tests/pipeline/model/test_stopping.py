@@ -1,12 +1,23 @@
-"""Tuning the stop thresholds: each threshold is scored on the list where its rule would stop, and a revision's pass
-runs the app's stepper on a draft without stopping."""
+"""Tuning the stop rule: each threshold and herb limit is scored on the list where its rule would stop, the shortest
+rule that ties the best is chosen, and a revision's pass runs the app's stepper on a draft without stopping."""
 
+import shutil
 from dataclasses import replace
 from itertools import pairwise
 
+from pipeline.config import StoppingConfig
 from pipeline.data.records import load_split
-from pipeline.model.stopping import MAX_REVISION_STEPS, THRESHOLDS, best_threshold, revision_pass
+from pipeline.model.stopping import (
+    HERB_LIMITS,
+    MAX_REVISION_STEPS,
+    THRESHOLDS,
+    best_threshold,
+    revision_pass,
+    shortest_tied_rule,
+    tune_stopping,
+)
 from rxapp.backends import load_backend
+from rxapp.modelinfo import StopThresholds, saved_stop_thresholds, write_model_metadata
 
 
 def test_each_threshold_scores_the_list_where_its_rule_stops():
@@ -30,3 +41,28 @@ def test_a_revision_pass_holds_the_list_at_every_boundary_and_is_cut(micro_expor
     assert lists[0] == draft and len(lists) == len(opens) + 1 and len(lists) <= MAX_REVISION_STEPS + 1
     assert all(0.0 <= o <= 1.0 for o in opens) and list(opens) == sorted(opens, reverse=True)  # Π(1 − p) falls
     assert all(len(set(before) ^ set(after)) == 1 for before, after in pairwise(lists))  # one herb per step
+
+
+def test_the_shortest_rule_that_ties_the_best_is_chosen():
+    herbs = ["甘草", "桂枝", "麻黄", "杏仁", "生姜", "大枣", "白芍", "茯苓", "当归", "白术", "人参", "黄芪"]
+    never = ([0.99] * (len(herbs) - 1), [herbs[: i + 1] for i in range(len(herbs))])  # no threshold below 1 stops
+    passes, four, five = [never] * 40, set(herbs[:4]), set(herbs[:5])
+    assert shortest_tied_rule(passes, [four] * 40)[1:] == (4, 1.0)  # the doctors' list exactly, at the limit
+    # 21 cases want five herbs and 19 four: five scores best by .01, which no interval tells from chance, so the
+    # tie goes to the shorter list
+    assert shortest_tied_rule(passes, [four] * 19 + [five] * 21)[1] == 4
+    # when every case needs six, a shorter rule loses on every case, and is no tie
+    assert shortest_tied_rule(passes, [set(herbs[:6])] * 40)[1:] == (6, 1.0)
+
+
+def test_tuning_writes_the_rule_or_keeps_the_from_nothing_one(micro_export, tmp_path):
+    validation = [{"symptoms": r.symptoms, "herbs": r.herbs} for r in load_split("validation", "clean")[:8]]
+    folder = tmp_path / "hf"
+    shutil.copytree(micro_export / "hf", folder)
+    settings = StoppingConfig(cases=8, revision_cases=2)
+    tuned = tune_stopping(folder, validation, "cpu", settings)
+    assert saved_stop_thresholds(folder) == tuned
+    assert tuned.scratch in THRESHOLDS and tuned.herb_limit in HERB_LIMITS and tuned.revision in THRESHOLDS
+    write_model_metadata(folder, StopThresholds(0.37, 0.5, 7))
+    kept = tune_stopping(folder, validation, "cpu", settings, kept=StopThresholds(0.37, 0.5, 7))
+    assert (kept.scratch, kept.herb_limit) == (0.37, 7) and saved_stop_thresholds(folder) == kept

@@ -41,7 +41,9 @@ def test_stepper_evaluation_and_model_card(micro_export, cli, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     tuned = stop_thresholds(json.loads((micro_export / "hf" / HF_METADATA).read_text()))
     stopping = f"falls to\n{tuned.scratch:g} building from nothing and to {tuned.revision:g} revising a draft"
-    assert stopping in model_card(shipped / gguf.name)  # read from the GGUF itself
+    limit = f"ends at {tuned.herb_limit} herbs at most" if tuned.herb_limit else "herbs at most"
+    card = model_card(shipped / gguf.name)  # read from the GGUF itself
+    assert stopping in card and (limit in card) == bool(tuned.herb_limit)
 
 
 def test_card_needs_an_export(cli, tmp_path):
