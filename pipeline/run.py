@@ -167,7 +167,8 @@ def evaluate(run: Run) -> dict:
 
     settings = run.cfg.evaluate
     models = {}
-    for stage in TRAINED_STAGES:
+    running = {s.name for s in active_stages(run.cfg)}
+    for stage in (s for s in TRAINED_STAGES if s in running):
         name = f"grpo α={run.cfg.grpo.alpha:g}" if stage == "grpo" else stage
         if stage == run.cfg.ship:
             models[f"{name} (this export)"] = run.folder.export / f"model-{SHIPPED}.gguf"
@@ -205,12 +206,19 @@ def card(run: Run) -> dict:
     return {"card": str(path)}
 
 
+PREFERENCE_STAGES = ("small", "prefs", "dpo")
+
+
+def owes_nothing_to_preferences(cfg: PipelineConfig) -> bool:
+    """A GRPO model started from SFT (grpo.start) owes nothing to the preference stage."""
+    return cfg.ship == "grpo" and cfg.grpo.start == "sft"
+
+
 def making_stages(cfg: PipelineConfig) -> list[str]:
-    """The stages that made the exported model: everything up to the shipped stage, then export; a GRPO model
-    started from SFT (grpo.start) owes nothing to the preference stage."""
+    """The stages that made the exported model: everything up to the shipped stage, then export."""
     made = STAGE_NAMES[: STAGE_NAMES.index(cfg.ship) + 1]
-    if cfg.ship == "grpo" and cfg.grpo.start == "sft":
-        made = [s for s in made if s not in ("small", "prefs", "dpo")]
+    if owes_nothing_to_preferences(cfg):
+        made = [s for s in made if s not in PREFERENCE_STAGES]
     return [*made, "export"]
 
 
@@ -291,7 +299,7 @@ STAGES = (
     Stage("dpo", "DPO (TRL) on RUN/prefs from the SFT model, which is also its reference; RUN/dpo/best", dpo,
           ("prefs",), lambda c: [c.seed, asdict(c.dpo)], options=(FROM_SFT,)),
     Stage("grpo", "step-wise GRPO with reward shaping and the safety cost's weight α (torchrun for data parallel); "
-          "RUN/grpo-aα/best with log.json and curves.png", grpo, ("dpo",), lambda c: [c.seed, asdict(c.grpo)],
+          "RUN/grpo-aα/best with log.json and curves.png", grpo, ("sft", "dpo"), lambda c: [c.seed, asdict(c.grpo)],
           options=GRPO_OPTIONS),
     Stage("tradeoff", "α sweep: GRPO per α, each scored with the start model through the app's stepper; "
           "RUN/tradeoff.json and tradeoff.png", tradeoff, ("grpo",), lambda c: [asdict(c.evaluate)],
@@ -306,8 +314,13 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def active_stages(cfg: PipelineConfig) -> list[Stage]:
-    """The stages this config runs: the α sweep only when it lists some α."""
-    return [s for s in STAGES if s.name != "tradeoff" or cfg.evaluate.tradeoff_alphas]
+    """The stages this config runs: the α sweep only when it lists some α, and the preference stage only when the
+    shipped model is made from it (its own commands still run it: `pipeline small`, `prefs`, `dpo`), which saves
+    the default run about 13 minutes on 2 cores (docs/lab/2026-12-01-fresh-run.md)."""
+    skipped = set() if cfg.evaluate.tradeoff_alphas else {"tradeoff"}
+    if owes_nothing_to_preferences(cfg):
+        skipped |= set(PREFERENCE_STAGES)
+    return [s for s in STAGES if s.name not in skipped]
 
 
 def fingerprint(stage: Stage, run: Run, records: dict[str, dict]) -> str:

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import GrpoConfig, PipelineConfig
 from pipeline.release.ship import ship
-from pipeline.run import making_stages
+from pipeline.run import active_stages, making_stages
 from pipeline.runfolder import RunFolder
 from rxapp.backends import load_backend
 from rxapp.modelinfo import file_sha256
@@ -86,3 +86,7 @@ def test_grpo_starts_from_the_model_its_config_names_and_the_card_lists_only_wha
     assert making_stages(from_sft) == ["prepare", "knowledge", "distill", "sft", "grpo", "export"]
     from_dpo = PipelineConfig(ship="grpo", grpo=GrpoConfig(start="dpo"))
     assert making_stages(from_dpo) == [*STAGES[:8], "export"]
+    # a run trains only what makes its model: the preference stage is left to its own commands
+    assert [s.name for s in active_stages(from_sft)] == ["prepare", "knowledge", "distill", "sft", "grpo", "export",
+                                                         "evaluate", "card"]
+    assert [s.name for s in active_stages(from_dpo)] == [s for s in STAGES if s != "tradeoff"]
