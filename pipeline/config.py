@@ -81,8 +81,8 @@ class SFTConfig:
 @dataclass
 class StoppingConfig:
     """Tuning a trained model's stop rule on validation (pipeline/model/stopping.py): from nothing, a threshold and
-    a herb limit; revising a draft, a threshold. After SFT, DPO and GRPO (its revision threshold alone, unless
-    grpo.retune_stop)."""
+    a herb limit; revising a draft, a threshold. After SFT, DPO and GRPO (with grpo.retune_stop false, GRPO's
+    revision threshold alone)."""
 
     cases: int = 1000  # from nothing: the first validation cases
     revision_cases: int = 300  # revising: drafts of the first validation cases, through the app's stepper
