@@ -45,6 +45,11 @@ class StopThresholds:
     def of(self, revising: bool) -> float:
         return self.revision if revising else self.scratch
 
+    def most_herbs(self, revising: bool, ceiling: int) -> int:
+        """The most herbs decoding may hold under `ceiling` (the decoder's own limit): the herb limit building from
+        nothing, where it is lower; a revision keeps its draft and is not limited by it."""
+        return min(ceiling, self.herb_limit) if self.herb_limit and not revising else ceiling
+
 
 def model_metadata(thresholds: StopThresholds = StopThresholds()) -> dict[str, str]:
     return {FORMAT_KEY: str(FORMAT_VERSION), VOCABULARY_KEY: vocabulary_digest(),

@@ -236,8 +236,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
     result = Recommendation(list(symptoms), patient, analysis, draft)
     first_scores, stop_probabilities = None, []
     stop_threshold = backend.stop_thresholds.of(revising=draft is not None)  # the model's own for revising a draft
-    limit = backend.stop_thresholds.herb_limit
-    max_herbs = min(cfg.max_herbs, limit) if limit and draft is None else cfg.max_herbs
+    max_herbs = backend.stop_thresholds.most_herbs(draft is not None, cfg.max_herbs)
     tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
 
     def step(action: str, herb: str, probability: float, still_open: float | None = None) -> Step:

@@ -32,7 +32,7 @@ class StepConstraints(LogitsProcessor):
         self.start = start  # generated tokens begin here (the width of the left-padded input)
         self.symptom_sets = symptom_sets
         self.stop_threshold = stop.scratch
-        self.max_herbs = stop.herb_limit or MAX_DECODED_HERBS
+        self.max_herbs = stop.most_herbs(False, MAX_DECODED_HERBS)
         self.herb_names = dict(zip(self.format.herbs, vocab().herbs, strict=True))
         self.header = self.tokenize(SUMMARY_HEADER + "\n")  # begins with the stop token 【
         self.claims: dict[tuple[int, int], ClaimRule] = {}  # (row, herb token) -> its explanation's claim rule

@@ -72,18 +72,19 @@ def shortest_tied_rule(passes: Sequence[Pass], truths: Sequence[set[str]]) -> tu
     past the doctors' is one the practitioner must strike out, and the model's stop probabilities barely tell which
     patients need longer lists (docs/lab/2026-12-07-stop-length.md), so a shorter list that scores as well is the
     better one."""
-    scores, lengths = {}, {}
+    scores, means, lengths = {}, {}, {}
     for rule in ((t, limit) for limit in HERB_LIMITS for t in THRESHOLDS):
         held = [stopped_list(opens, lists, *rule) for opens, lists in passes]
         scores[rule] = [jaccard(set(h), truth) for h, truth in zip(held, truths, strict=True)]
+        means[rule] = float(np.mean(scores[rule]))
         lengths[rule] = float(np.mean([len(h) for h in held]))
-    best = max(scores, key=lambda rule: np.mean(scores[rule]))
+    best = max(means, key=means.get)
 
     def ties(rule: tuple[float, int | None]) -> bool:
         return rule == best or paired_interval({"Jaccard": scores[best]}, {"Jaccard": scores[rule]}, "Jaccard")[0] <= 0
 
-    chosen = min((rule for rule in scores if ties(rule)), key=lambda rule: (lengths[rule], -np.mean(scores[rule])))
-    return *chosen, float(np.mean(scores[chosen]))
+    chosen = min((rule for rule in scores if ties(rule)), key=lambda rule: (lengths[rule], -means[rule]))
+    return *chosen, means[chosen]
 
 
 def tune_scratch(model, tokenizer, symptom_sets: Sequence[Sequence[str]], truths: Sequence[set[str]],
