@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -111,12 +113,32 @@ NOT_ACTIONS = frozenset({"发热", "发黄", "消渴", "温疟", "温病", "泻�
 ROLE_ACTIONS = frozenset({"调和诸药"})  # a herb's role in the formula: citable without a symptom
 
 
+PLAIN_USES = frozenset({"生用", "内服"})  # markers of the form a decoction takes: their actions are citable
+USE_MARKER = re.compile(r"^[(（\[]([^)）\]]*)[)）\]]")  # a leading (煅用), [制] or （外用）
+OTHER_WORDING = re.compile(r"[(（][^)）]*[)）]")  # 祛风除湿(祛风胜湿): the same action in another source's words
+
+
+def decoction_actions(listed: Sequence[str]) -> list[str]:
+    """The curated actions of the form a decoction takes, in order. A leading marker limits its action and those
+    after it, up to the next marker, to one processing or use (石膏: (生用)清热泻火; 除烦止渴; (煅用)收湿; 生肌 …);
+    only the plain form's count (no marker, 生用, 内服), and an action that is itself external (外用蚀疮) does not.
+    A parenthesis elsewhere gives another wording of the same action and is dropped."""
+    citable, plain = [], True
+    for action in listed:
+        if marker := USE_MARKER.match(action):
+            plain, action = marker.group(1) in PLAIN_USES, action[marker.end():]
+        action = OTHER_WORDING.sub("", action)
+        if plain and action and not action.startswith("外用"):
+            citable.append(action)
+    return citable
+
+
 @lru_cache(maxsize=4096)
 def herb_actions(herb: str) -> tuple[str, ...]:
-    """The 功效 a step may cite for a vocabulary herb, main first: its curated main actions, except those limited to
-    one processing or use (煅用, 外用, [制]), else the knowledge graph's action-like effects in the graph's order."""
+    """The 功效 a step may cite for a vocabulary herb, main first: its curated main actions of the form a decoction
+    takes (decoction_actions), else the knowledge graph's action-like effects in the graph's order."""
     curated = main_actions().get(herb)
-    actions = [a for a in curated.actions if not set(a) & set("(（[")] if curated else []
+    actions = decoction_actions(curated.actions) if curated else []
     if not actions:
         symptoms = vocab().symptom_id
         facts = knowledge().get(herb)
@@ -132,21 +154,48 @@ def lead_action(herb: str) -> str | None:
     return next((a for a in actions if a in ROLE_ACTIONS), actions[0] if actions else None)
 
 
+def names(term: str, symptom: str) -> bool:
+    """Whether a curated 主治 term names the symptom: it holds it (咳嗽 in 咳嗽痰多), is held by it (头痛 for the
+    term 头痛), names two sites and their complaint (腰膝酸痛 names 腰痛, 胸胁胀痛 names 胸痛 and 胁痛: four
+    characters ending in 痛 or 闷, neither half a symptom, the first no sore: 厥阴头痛 and 阴疽肿痛 name no
+    阴痛), or holds a wording the vocabulary maps to it (symptoms.yaml's synonyms: 泄泻 in 脾虚泄泻 names 腹泻)."""
+    if len(symptom) >= 2 and len(term) >= 2 and (symptom in term or term in symptom):
+        return True
+    symptoms = vocab().symptom_id
+    if (len(term) == len(symptom) * 2 == 4 and term[3] == symptom[1] and symptom[1] in "痛闷"
+            and symptom[0] in term[:2] and term[:2] not in symptoms and term[2:] not in symptoms
+            and not set(term[:2]) & set("疽疮")):
+        return True
+    return any(w in term for w in _wordings().get(symptom, ()))
+
+
+@cache
+def _wordings() -> dict[str, list[str]]:
+    """symptoms.yaml's synonyms by the symptom they mean: the wordings (two characters or more) that name it."""
+    out: dict[str, list[str]] = {}
+    for wording, meant in vocab().synonyms.items():
+        for symptom in meant if len(wording) >= 2 else ():
+            out.setdefault(symptom, []).append(wording)
+    return out
+
+
+def naming_terms(herb: str, symptom: str) -> list[str]:
+    """The herb's curated 主治 terms that name the symptom (names), in the source's order."""
+    curated = main_actions().get(herb)
+    return [t for t in curated.indications if names(t, symptom)] if curated else []
+
+
 @cache
 def named_symptoms(herb: str) -> frozenset[str]:
-    """The vocabulary symptoms a herb's sources name among what it treats: inside one of its curated 主治 terms
-    (咳嗽 in 咳嗽痰多) or containing one (头痛 for the term 头痛); inside one of its knowledge-graph effects (腹痛 in
-    心腹痛; not the reverse, since the effect 腹痛 does not name the symptom 产后腹痛); or through a wording the
-    vocabulary maps to the symptom (symptoms.yaml's synonyms: 泄泻 in 脾虚泄泻 names 腹泻)."""
-    curated = main_actions().get(herb)
-    terms = [t for t in curated.indications if len(t) >= 2] if curated else []
+    """The vocabulary symptoms a herb's sources name among what it treats: named by one of its curated 主治 terms
+    (names); or by one of its knowledge-graph effects: the symptom itself, inside one (腹痛 in 心腹痛; not the
+    reverse, since the effect 腹痛 does not name the symptom 产后腹痛), or a synonym's wording inside one."""
     facts = knowledge().get(herb)
     effects = facts.effects if facts else ()
-    sources = [*terms, *effects]
-    named = {s for s in vocab().symptoms if s in effects or (len(s) >= 2 and (
-        any(s in t for t in sources) or any(t in s for t in terms)))}
+    named = {s for s in vocab().symptoms if naming_terms(herb, s) or s in effects
+             or (len(s) >= 2 and any(s in e for e in effects))}
     named |= {s for wording, meant in vocab().synonyms.items() if len(wording) >= 2
-              and any(wording in t for t in sources) for s in meant}
+              and any(wording in e for e in effects) for s in meant}
     return frozenset(named)
 
 

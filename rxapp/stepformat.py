@@ -115,21 +115,27 @@ def steps_prefix(analysis: str) -> str:
 
 
 def compose_summary(steps: Sequence[tuple[str, str]]) -> str:
-    """The 方解 of (herb, explanation) additions, right by construction: every herb named once and no other, the
-    herbs that cite one action in one clause with the symptoms they were added for, in the order of the steps
-    (`麻黄、桂枝发汗，治恶寒、无汗；甘草调和诸药。`)."""
-    clauses: dict[str, tuple[list[str], list[str]]] = {}
+    """The 方解 of (herb, explanation) additions, right by construction: every herb named once and no other. The
+    herbs added for one symptom share a clause, those citing one action named together, so that no herb is said to
+    treat what another was added for (`麻黄、生姜发汗解表，桂枝解肌，共治恶寒发热`); a herb tied to no symptom is
+    grouped with the others of its action (`甘草调和诸药`). Clauses follow the order of the steps."""
+    clauses: dict[tuple[str, str], dict[str, list[str]]] = {}  # (symptom, "") or ("", action) → action → herbs
     for herb, explanation in steps:
         claims = explanation_claims(explanation)
-        cited = [c.value for c in claims if c.kind != "effect"]
-        # a step citing a symptom but no action joins the clause of the others that do so ("" below)
-        effect = next((c.value for c in claims if c.kind == "effect"), "" if cited else f"（{NO_RECORD}）")
-        herbs, symptoms = clauses.setdefault(effect, ([], []))
-        herbs.append(herb)
-        symptoms += [s for s in cited if s not in symptoms]
-    text = "；".join("、".join(herbs) + effect + ("，" if effect and symptoms else "")
-                    + (f"治{'、'.join(symptoms)}" if symptoms else "") for effect, (herbs, symptoms) in clauses.items())
+        symptom = next((c.value for c in claims if c.kind != "effect"), "")
+        effect = next((c.value for c in claims if c.kind == "effect"), "" if symptom else f"（{NO_RECORD}）")
+        clauses.setdefault((symptom, "") if symptom else ("", effect), {}).setdefault(effect, []).append(herb)
+    text = "；".join(_clause(symptom, by_action) for (symptom, _), by_action in clauses.items())
     return text + "。" if text else ""
+
+
+def _clause(symptom: str, by_action: dict[str, list[str]]) -> str:
+    """One clause of the 方解: `陈皮、半夏燥湿化痰，桔梗祛痰，共治咳嗽`, or without a symptom `甘草调和诸药`."""
+    text = "，".join("、".join(herbs) + effect for effect, herbs in by_action.items())
+    if not symptom:
+        return text
+    together = sum(map(len, by_action.values())) > 1
+    return text + ("，" if any(by_action) else "") + ("共治" if together else "治") + symptom
 
 
 def revised(moves: Sequence[tuple[str, str, str]]) -> list[tuple[str, str]]:

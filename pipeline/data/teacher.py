@@ -9,10 +9,13 @@ herbs, those whose actions hold one of its words, 平喘 of 宣肺平喘, are na
 as chance, or above chance where the word names the complaint relieved, 止痛 for 头痛; SourceAssociation,
 source_pairs), and the herb's own sources name the symptom among what it treats
 (rxapp.knowledge.treats) or training prescriptions gave the herb for it. A candidate scores its lift, plus 1 when
-the herb's sources name the symptom. The best is cited, as 主治 when the sources name the symptom and 用于 otherwise;
-with none, the herb's role (调和诸药) when it has one, else its lead action alone (rxapp.knowledge.lead_action): no
-symptom is claimed. It never cites an action the herb's sources do not give, nor ties an action to a symptom the
-sources do not pair it with.
+the herb's sources name the symptom. The herb's own monograph pairs too (monograph_action: the action that shares
+a character with a 主治 term naming the symptom): by a telling character above every pair of the sources (桔梗 祛痰
+for 咳嗽痰多's 咳嗽, where the sources pair 利咽), otherwise below them (柴胡 疏散退热 for 寒热往来, which no other
+herb's sources name). The best is cited, as 主治 when the sources name the symptom and 用于 otherwise; with none,
+the herb's role (调和诸药) when it has one, else its lead action alone (rxapp.knowledge.lead_action): no symptom is
+claimed. It never cites an action the herb's sources do not give, nor ties an action to a symptom neither the
+sources nor the herb's monograph pair it with.
 
 Why the sources and not the prescriptions: an action's association with a symptom measured on the prescriptions
 (the patients given other herbs with the action) is confounded by everything else those herbs do: it tied 黄芩's 安胎
@@ -26,12 +29,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import product
+from typing import NamedTuple
 
 import numpy as np
 
 from pipeline.data.baselines import CoOccurrence, herb_matrix
 from pipeline.data.records import Record, load_split
-from rxapp.knowledge import ROLE_ACTIONS, herb_actions, knowledge, lead_action, named_symptoms, treats
+from rxapp.knowledge import (
+    ACTION_VERBS,
+    ROLE_ACTIONS,
+    herb_actions,
+    knowledge,
+    lead_action,
+    main_actions,
+    named_symptoms,
+    naming_terms,
+    treats,
+)
 from rxapp.stepformat import (
     Claim,
     explanation_claims,
@@ -44,6 +58,9 @@ from rxapp.vocab import vocab
 
 MIN_HERBS = 2  # herbs that must pair an action word with a symptom before the sources' pairing counts
 MIN_LIFT = float(np.log(2))  # below twice chance, the pairs read on validation were mostly wrong (甘草 清热解毒 噎膈)
+MONOGRAPH = 4.0  # added to a pair the herb's monograph gives by a telling character: above any the sources give
+MONOGRAPH_ONLY = 1e-3  # the score of a pair the monograph gives otherwise: cited where the sources pair none
+COMMON = 10  # a character in this many vocabulary symptoms (痛 37, 热 14, 血 14) tells no action from another
 RELIEVING = frozenset("止退平消散除祛明")  # verbs whose object is the complaint relieved: 止痛, 退热, 平喘, 明目
 
 
@@ -100,6 +117,39 @@ def source_association() -> SourceAssociation:
     return SourceAssociation()
 
 
+class Monograph(NamedTuple):
+    """What a herb's monograph gives for one symptom (monograph_action)."""
+
+    action: str
+    telling: bool  # it shares a character with the 主治 term that few symptoms hold (痰, 痞, 喘; not 痛, 热, 血)
+
+
+def monograph_action(herb: str, symptom: str) -> Monograph | None:
+    """The main action the herb's own monograph gives for the symptom. A monograph (药典, 《中药学》) lists the
+    功效 and then what they treat; for a 主治 term that names the symptom (rxapp.knowledge.naming_terms), its action
+    is the one that shares an object character with it: most shared with the symptom itself first (清热泻火 with
+    高热烦渴 for 石膏's 壮热, by 热), then telling ones (fewer than COMMON symptoms hold them: 祛痰 with 咳嗽痰多 for
+    桔梗's 咳嗽, 消痞散结 with 胸脘痞闷 for 半夏's 胸闷), then any, then the first listed. Where no action
+    shares one (杜仲: 补肝肾, 强筋骨 and 腰膝酸痛), the action whose words the herb sources pair best with the
+    symptom, if above chance. None for a herb without curated actions, or a symptom its terms do not name."""
+    terms = naming_terms(herb, symptom)
+    actions = herb_actions(herb) if herb in main_actions() and terms else ()
+    common = symptoms_holding()
+    shared = [(len(objects & set(symptom)), len({c for c in objects & set(term) if common[c] < COMMON}),
+               len(objects & set(term)), -i, action)
+              for i, action in enumerate(actions) for objects in [set(action) - ACTION_VERBS] for term in terms]
+    if best := max((key for key in shared if key[2]), default=None):
+        return Monograph(best[-1], best[1] > 0)
+    lift, action = max(((source_association().lift(a, symptom), a) for a in actions), default=(-np.inf, None))
+    return Monograph(action, False) if lift > 0 else None
+
+
+@cache
+def symptoms_holding() -> Counter[str]:
+    """How many vocabulary symptoms hold each character."""
+    return Counter(c for s in vocab().symptoms for c in set(s))
+
+
 @dataclass
 class TrainStats:
     """Symptom–herb statistics of the training records."""
@@ -149,12 +199,16 @@ def claim_is_grounded(claim: Claim, herb: str, symptoms: Sequence[str], stats: T
 
 
 def pair_score(herb: str, action: str, symptom: str, stats: TrainStats) -> float:
-    """How well "this action, for this symptom" says why the herb is there (see the module docstring); -inf when
-    the sources do not pair the action with the symptom."""
+    """How well "this action, for this symptom" says why the herb is there (see the module docstring): a pair the
+    herb's own monograph gives by a telling character (monograph_action) above every pair the sources give, one it
+    gives otherwise below them; -inf when neither pairs the action with the symptom."""
     lift, named = source_association().lift(action, symptom), treats(herb, symptom)
-    if not source_pairs(action, symptom, lift) or not (named or stats.p(herb, symptom) > 0):  # 用于: it was given
-        return -np.inf
-    return lift + named
+    given = monograph_action(herb, symptom)
+    if given and given.action == action and given.telling:
+        return MONOGRAPH + max(lift, 0) + named
+    if source_pairs(action, symptom, lift) and (named or stats.p(herb, symptom) > 0):  # 用于: it was given
+        return lift + named
+    return MONOGRAPH_ONLY if given and given.action == action else -np.inf
 
 
 def source_pairs(action: str, symptom: str, lift: float) -> bool:
@@ -169,15 +223,18 @@ def associated_pairs(stats: TrainStats) -> list[tuple[str, str, str, float]]:
     table the app ships (rxapp.knowledge.associated), so that its steps cite the pair the teacher would."""
     out = []
     for herb in vocab().herbs:
+        given = {s: m.action for s in named_symptoms(herb) if (m := monograph_action(herb, s))}
         for action in herb_actions(herb):
-            scored = [(s, pair_score(herb, action, s, stats)) for s in source_association().symptoms(action)]
+            candidates = {*source_association().symptoms(action), *(s for s, a in given.items() if a == action)}
+            scored = [(s, pair_score(herb, action, s, stats)) for s in vocab().symptoms if s in candidates]
             out += [(herb, action, s, round(score, 4)) for s, score in scored if score > -np.inf]
     return out
 
 
 def step_is_relevant(herb: str, explanation: str, symptoms: Sequence[str]) -> bool:
     """A step's reason is relevant when it cites a main action of the herb (herb_actions) for a symptom of this
-    patient that the herb sources pair with the action (source_pairs), or cites the herb's role alone (调和诸药)."""
+    patient that the herb's monograph gives the action for (monograph_action) or that the herb sources pair with the
+    action (source_pairs), or cites the herb's role alone (调和诸药)."""
     claims = explanation_claims(explanation)
     actions = [c.value for c in claims if c.kind == "effect"]
     cited = [c.value for c in claims if c.kind != "effect" and c.value in symptoms]
@@ -185,7 +242,8 @@ def step_is_relevant(herb: str, explanation: str, symptoms: Sequence[str]) -> bo
         return False
     if not cited:
         return actions[0] in ROLE_ACTIONS
-    return any(source_pairs(actions[0], s, source_association().lift(actions[0], s)) for s in cited)
+    return any(((m := monograph_action(herb, s)) and m.action == actions[0])
+               or source_pairs(actions[0], s, source_association().lift(actions[0], s)) for s in cited)
 
 
 def explain(herb: str, symptoms: Sequence[str], stats: TrainStats) -> str:

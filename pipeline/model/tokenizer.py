@@ -45,9 +45,11 @@ def domain_words() -> list[str]:
 
 
 def format_characters() -> set[str]:
-    """Characters the format writes around the words (punctuation, newlines), plus printable ASCII."""
-    sample = render_prompt(["咳嗽", "恶寒"], True) + render_response(
-        "主症：咳嗽。", [("甘草", render_explanation(["补脾益气"], "咳嗽")), ("麻黄", "（）")])
+    """Characters the format writes around the words (punctuation, newlines, the 方解's 共治), plus printable
+    ASCII."""
+    steps = [("甘草", render_explanation(["补脾益气"], "咳嗽")), ("桔梗", render_explanation(["祛痰"], "咳嗽")),
+             ("麻黄", "（）")]
+    sample = render_prompt(["咳嗽", "恶寒"], True) + render_response("主症：咳嗽。", steps)
     return set(sample) | set(string.printable) | set("（）【】：、，；。")
 
 

@@ -266,19 +266,21 @@ def tradeoff_table(rows: Sequence[dict]) -> str:
 
 
 def plot_tradeoff(rows: Sequence[dict], path: Path) -> None:
+    """F1@10 and Jaccard against the incompatibility rate, one point per model of the sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        ax.scatter(r["incompat_rate"] * 100, r["F1@10"], marker="s" if r["grpo_alpha"] is None else "o")
-        ax.annotate(sweep_label(r), (r["incompat_rate"] * 100, r["F1@10"]), textcoords="offset points", xytext=(5, 5),
-                    fontsize=8)
-    ax.set_xlabel("prescriptions holding an incompatible pair, 18 fan / 19 wei (%)")
-    ax.set_ylabel("F1@10")
-    ax.set_title(f"GRPO incompatibility penalty α ({rows[0]['split']} split, Q4_K_M, app screen off)")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, what in zip(axes, ("F1@10", "Jaccard"), ("the ranking", "the written prescription"), strict=True):
+        for r in rows:
+            ax.scatter(r["incompat_rate"] * 100, r[metric], marker="s" if r["grpo_alpha"] is None else "o")
+            ax.annotate(sweep_label(r), (r["incompat_rate"] * 100, r[metric]), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)
+        ax.set_xlabel("prescriptions holding an incompatible pair, 18 fan / 19 wei (%)")
+        ax.set_ylabel(f"{metric} of {what}")
+    fig.suptitle(f"GRPO incompatibility penalty α ({rows[0]['split']} split, Q4_K_M, app screen off)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,7 +4,7 @@ import pytest
 
 import rxapp.knowledge as knowledge_module
 from pipeline.data.records import load_split
-from rxapp.knowledge import facts_for, knowledge, main_actions, treats
+from rxapp.knowledge import decoction_actions, facts_for, herb_actions, knowledge, main_actions, names, treats
 from rxapp.stepformat import NO_RECORD
 from rxapp.vocab import vocab
 
@@ -96,3 +96,18 @@ def test_a_herb_treats_the_symptoms_its_sources_name_in_their_own_words():
     assert treats("茯苓", "浮肿") and treats("茯苓", "腹泻") and treats("茯苓", "不寐")  # 水肿, 泄泻, 失眠
     assert treats("土茯苓", "腹痛") and not treats("土茯苓", "产后腹痛")  # an effect names no longer symptom
     assert not treats("茯苓", "咳血")
+
+
+def test_only_the_actions_of_the_form_a_decoction_takes_are_cited():
+    assert herb_actions("石膏") == ("清热泻火", "除烦止渴")  # (生用) counts; (煅用) holds for 收湿 and what follows
+    assert "祛风除湿" in herb_actions("羌活")  # its other wording (祛风胜湿) dropped, the action kept
+    assert decoction_actions(["(外用)解毒杀虫", "燥湿止痒", "(内服)止血止泻", "祛除风痰", "(枯矾)收湿敛疮"]) == [
+        "止血止泻", "祛除风痰"]
+    assert decoction_actions(["峻下冷积", "祛痰(豁痰)利咽", "外用蚀疮"]) == ["峻下冷积", "祛痰利咽"]
+
+
+def test_a_monograph_term_names_a_symptom_in_its_own_words():
+    assert names("咳嗽痰多", "咳嗽") and names("头痛", "头痛") and names("脾虚泄泻", "腹泻")
+    assert names("腰膝酸痛", "腰痛") and names("胸胁胀痛", "胸痛") and names("胸胁胀痛", "胁痛")
+    assert not names("厥阴头痛", "阴痛") and not names("阴疽肿痛", "阴痛") and not names("肺热喘咳", "热咳")
+    assert treats("杜仲", "腰痛") and treats("柴胡", "寒热往来")

@@ -69,15 +69,18 @@ def test_explanation_claims_round_trip():
     assert render_explanation() == NO_RECORD and explanation_claims(NO_RECORD) == []
 
 
-def test_the_composed_summary_names_every_herb_once_grouped_by_action_with_their_symptoms():
+def test_the_composed_summary_names_every_herb_once_grouped_by_symptom_then_action():
     steps = [("麻黄", render_explanation(["发汗解表"], usage="恶寒发热")),
              ("桂枝", render_explanation(["发汗解表", "温通经脉"], indication="无汗")),
              ("杏仁", render_explanation(["止咳平喘"], usage="咳嗽")), ("甘草", NO_RECORD),
              ("生姜", render_explanation(["发汗解表"], usage="恶寒发热")),
              ("防己", render_explanation(usage="小便不利"))]
     assert compose_summary([]) == ""
-    assert compose_summary(steps) == ("麻黄、桂枝、生姜发汗解表，治恶寒发热、无汗；杏仁止咳平喘，治咳嗽；"
+    assert compose_summary(steps) == ("麻黄、生姜发汗解表，共治恶寒发热；桂枝发汗解表，治无汗；杏仁止咳平喘，治咳嗽；"
                                       f"甘草（{NO_RECORD}）；防己治小便不利。")
+    assert compose_summary([("陈皮", "燥湿化痰，主治咳嗽"), ("甘草", "调和诸药"), ("桔梗", "祛痰，主治咳嗽"),
+                            ("半夏", "燥湿化痰，用于咳嗽"), ("大枣", "调和诸药")]) == (
+        "陈皮、半夏燥湿化痰，桔梗祛痰，共治咳嗽；甘草、大枣调和诸药。")
 
 
 def test_a_revision_round_trips_and_its_summary_names_only_what_is_left():

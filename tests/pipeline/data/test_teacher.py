@@ -9,6 +9,7 @@ from pipeline.data.teacher import (
     claim_is_grounded,
     echoes,
     explain,
+    monograph_action,
     pair_score,
     source_association,
     step_is_relevant,
@@ -107,12 +108,31 @@ def test_a_herb_tied_to_no_symptom_is_explained_by_its_role_or_lead_action(stats
     assert explain("人参", ["耳痛"], stats) == "大补元气"
 
 
+def test_where_the_sources_pair_nothing_the_herbs_own_monograph_gives_the_action(stats):
+    """柴胡's 主治 holds 寒热往来, which no other herb's sources name: its monograph ties it to 疏散退热, the action
+    that shares 热 with the term."""
+    assert monograph_action("柴胡", "寒热往来") == ("疏散退热", False)  # by 热, which 14 symptoms hold
+    assert explain("柴胡", ["寒热往来"], stats) == "疏散退热，主治寒热往来"
+    assert monograph_action("杜仲", "腰痛") == ("强筋骨", False)  # no action shares a character: the sources' best
+    assert monograph_action("柴胡", "咳嗽") is None and monograph_action("麻黄根", "自汗") is None  # not curated
+    assert explain("川芎", ["胁痛"], stats) == "活血行气，主治胁痛"  # by 痛 the monograph tells nothing: the sources
+    assert 0 < pair_score("柴胡", "疏散退热", "寒热往来", stats) < pair_score("川芎", "活血行气", "胁痛", stats)
+
+
+def test_a_monograph_pair_by_a_telling_character_comes_before_the_sources(stats):
+    assert monograph_action("桔梗", "咳嗽") == ("祛痰", True)  # 咳嗽痰多, not the sources' 利咽
+    assert explain("桔梗", ["咳嗽"], stats) == "祛痰，主治咳嗽"
+    assert explain("半夏", ["胸闷"], stats) == "消痞散结，主治胸闷"  # 胸脘痞闷
+
+
 def test_step_relevance_on_hand_made_steps():
     assert step_is_relevant("麻黄", "发汗解表，主治无汗", ["无汗"])
     assert not step_is_relevant("防风", "安神，用于恶寒发热", ["恶寒发热"])  # not a main action of 防风
     assert not step_is_relevant("麻黄", "发汗解表，用于头晕", ["无汗"])  # not this patient's symptom
     assert not step_is_relevant("黄芩", "安胎，用于恶寒发热", ["恶寒发热"])  # a main action the sources do not pair
     assert step_is_relevant("甘草", "调和诸药", ["咳嗽"]) and not step_is_relevant("麻黄", "发汗解表", [])
+    assert step_is_relevant("柴胡", "疏散退热，主治寒热往来", ["寒热往来"])  # its monograph's pair
+    assert not step_is_relevant("柴胡", "升举阳气，主治寒热往来", ["寒热往来"])
 
 
 def test_the_cited_symptom_is_the_likeliest_not_the_first(stats):
