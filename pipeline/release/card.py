@@ -100,13 +100,15 @@ def tradeoff_section(rows: Sequence[dict], grpo: GrpoConfig) -> str:
     return f"""
 ## Incompatibility penalty α of step-wise GRPO
 Each α trains its own GRPO model from the same start, the first row ({grpo.updates} updates × {grpo.states} states ×
-{grpo.group} rollouts, κ {grpo.kl}, lr {grpo.lr}); each is scored as Q4_K_M through the app's stepper with the
-app's own safety cost off, so that only training moves the rate of prescriptions holding a 十八反/十九畏 pair. The
-Jaccard and average-herb columns show what GRPO does to the prescriptions' length.
+{grpo.group} rollouts, κ {grpo.kl}, lr {grpo.lr}); each is scored as Q4_K_M through the app's stepper on
+{rows[0]["n"]} {rows[0]["split"]} cases (raw lists) with the app's own safety cost off, so that only training moves
+the rate of prescriptions holding a 十八反/十九畏 pair. The Jaccard and average-herb columns show what GRPO does to
+the written prescriptions. The shipped model is the one trained at the config's α ({grpo.alpha:g}); where it comes
+from another run of the same recipe, its own rows above are what it scores.
 
 {tradeoff_table(rows)}
 
-![incompatibility rate against F1@10 for each α](tradeoff.png)
+![F1@10 and Jaccard against the incompatibility rate for each α](tradeoff.png)
 """
 
 
