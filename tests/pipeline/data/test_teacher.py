@@ -115,7 +115,7 @@ def test_where_the_sources_pair_nothing_the_herbs_own_monograph_gives_the_action
     assert explain("柴胡", ["寒热往来"], stats) == "疏散退热，主治寒热往来"
     assert monograph_action("杜仲", "腰痛") == ("强筋骨", False)  # no action shares a character: the sources' best
     assert monograph_action("柴胡", "咳嗽") is None and monograph_action("麻黄根", "自汗") is None  # not curated
-    assert explain("川芎", ["胁痛"], stats) == "活血行气，主治胁痛"  # by 痛 the monograph tells nothing: the sources
+    assert explain("川芎", ["胁痛"], stats) == "活血行气，主治胁痛"  # 祛风止痛 shares only 痛: the sources' pair first
     assert 0 < pair_score("柴胡", "疏散退热", "寒热往来", stats) < pair_score("川芎", "活血行气", "胁痛", stats)
 
 
