@@ -194,8 +194,7 @@ def named_symptoms(herb: str) -> frozenset[str]:
     effects = facts.effects if facts else ()
     named = {s for s in vocab().symptoms if naming_terms(herb, s) or s in effects
              or (len(s) >= 2 and any(s in e for e in effects))}
-    named |= {s for wording, meant in vocab().synonyms.items() if len(wording) >= 2
-              and any(wording in e for e in effects) for s in meant}
+    named |= {s for s, wordings in _wordings().items() if any(w in e for w in wordings for e in effects)}
     return frozenset(named)
 
 

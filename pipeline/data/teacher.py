@@ -124,6 +124,7 @@ class Monograph(NamedTuple):
     telling: bool  # it shares a character with the 主治 term that few symptoms hold (痰, 痞, 喘; not 痛, 热, 血)
 
 
+@cache  # pair_score asks it once per action of the herb, and associated_pairs once more per symptom
 def monograph_action(herb: str, symptom: str) -> Monograph | None:
     """The main action the herb's own monograph gives for the symptom. A monograph (药典, 《中药学》) lists the
     功效 and then what they treat; for a 主治 term that names the symptom (rxapp.knowledge.naming_terms), its action
