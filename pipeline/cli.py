@@ -14,6 +14,7 @@ from pipeline.config import HERB_LISTS
 from pipeline.data.baselines import BASELINES
 from pipeline.data.llm_teacher import TeacherError
 from pipeline.data.records import SPLITS
+from pipeline.data.revision import WRONG_HERBS
 from pipeline.release.card import DEFAULT_STAGES
 from pipeline.release.export import QUANTISATIONS
 from pipeline.run import STAGE_NAMES, STAGES
@@ -143,9 +144,9 @@ def run_revision(args: argparse.Namespace) -> int:
     if not args.model:
         raise ValueError("--revision scores models: give --model")
     for path in args.model:
-        row = evaluate_revision(path, args.split, args.limit, args.stepper)
+        row = evaluate_revision(path, args.split, args.limit, args.stepper, args.wrong)
         out = args.out if args.out and len(args.model) == 1 else (
-            (path if path.is_dir() else path.parent) / f"revision-{args.split}-{path.stem}.json")
+            (path if path.is_dir() else path.parent) / f"revision-{args.wrong}-{args.split}-{path.stem}.json")
         write_json(row, out)
         print(json.dumps(row, ensure_ascii=False, indent=2) if args.json else format_revision(row))
         print(f"wrote {out}", file=sys.stderr)
@@ -294,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "baselines, MODEL/eval-SPLIT.json for a model, runs/evaluate/models-SPLIT.json for several)")
     evaluate.add_argument("--revision", action="store_true",
                           help="score each model's revisions of seeded corrupted drafts (2 of the doctors' herbs "
-                          "dropped, 2 plausible wrong ones added) beside the co-occurrence revision")
+                          "dropped, 2 wrong ones added) beside the co-occurrence revision")
+    evaluate.add_argument("--wrong", choices=WRONG_HERBS, default="plausible",
+                          help="with --revision, where the drafts' wrong herbs come from: the herbs the statistics "
+                          "rank highest for the symptoms (plausible, the default), or another case's prescription "
+                          "(foreign)")
     evaluate.add_argument("--json", action="store_true",
                           help="print the JSON on stdout (the table then goes to stderr)")
     evaluate.set_defaults(run=run_evaluate)

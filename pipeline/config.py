@@ -20,6 +20,11 @@ from rxapp.safety import check_safety_weight
 HERB_LISTS = ("raw", "clean")
 
 
+def check_share(value: float, key: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{key} must be between 0 and 1, got {value}")
+
+
 @dataclass
 class ModelConfig:
     base: str | None = None  # None: the domain model, trained from scratch; else a local HF causal-LM folder (LoRA)
@@ -74,8 +79,7 @@ class SFTConfig:
     max_validation: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.revision_share <= 1.0:
-            raise ValueError(f"revision_share must be between 0 and 1, got {self.revision_share}")
+        check_share(self.revision_share, "revision_share")
 
 
 @dataclass
@@ -152,18 +156,23 @@ class GrpoConfig:
     # states from the policy's own rollouts, the states the app meets; the rest are corrupted ground truth, which
     # taught every policy to stop early (the same lab page)
     policy_share: float = 1.0
+    # states that are drafts to revise (corrupted as SFT's revision examples are, named in the prompt), where the
+    # policy may also remove a herb of the draft; the rest are drawn by policy_share
+    revision_share: float = 0.0
     pregnant_share: float = 0.1  # states whose patient is pregnant, so that the pregnancy rules are exercised
     error_cases: int = 200  # validation cases that measure the starting model's errors (for corrupted truth)
     # True: tune the from-nothing stop rule (threshold and herb limit) again on validation, as after SFT: the stop
     # probabilities GRPO trains set how long lists are on average, not which patients need longer ones, so the rule
     # that scores best for the trained model is chosen afresh (docs/lab/2026-12-07-stop-length.md); False keeps the
-    # start's. The revision threshold is re-tuned either way: GRPO does not train revising, but its changes move it
+    # start's. The revision threshold is re-tuned either way: GRPO moves it, whether or not it trains revising
     retune_stop: bool = True
     checkpoint_every: int = 10  # updates between checkpoints, which `--resume` continues from after an interruption
 
     def __post_init__(self) -> None:
         check_safety_weight(self.alpha, "alpha")
         check_safety_weight(self.screen_weight, "screen_weight")
+        for key in ("policy_share", "revision_share", "pregnant_share"):
+            check_share(getattr(self, key), key)
         if self.start not in ("sft", "dpo"):
             raise ValueError(f"start must be sft or dpo, got {self.start!r}")
 

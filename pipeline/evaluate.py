@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import HERB_LISTS
@@ -295,7 +296,7 @@ def format_tables(rows: Sequence[dict], split: str, views: Sequence[str] = HERB_
     return "\n\n".join(format_table(rows, split, view) for view in views)
 
 
-REVISION_CHANGES = (2, 2)  # each test draft: 2 of the doctors' herbs dropped, 2 plausible wrong herbs added
+REVISION_CHANGES = (2, 2)  # each test draft: 2 of the doctors' herbs dropped, 2 wrong herbs added
 REVISION_SEED = 0
 
 
@@ -305,20 +306,29 @@ class RevisionCase:
     corruption: Corruption
 
 
-def revision_cases(split: str, limit: int | None = None) -> list[RevisionCase]:
-    """The split's records, each with its seeded corrupted draft (REVISION_CHANGES), the wrong herbs drawn from
-    those the training statistics rank highest for the symptoms."""
+def revision_cases(split: str, limit: int | None = None, wrong: str = "plausible") -> list[RevisionCase]:
+    """The split's records, each with its seeded corrupted draft (REVISION_CHANGES), the wrong herbs drawn as
+    `wrong` says (pipeline.data.revision.WRONG_HERBS)."""
     records = load_split(split, "clean")[:limit]
     rng = random.Random(REVISION_SEED)
+    if wrong == "plausible":
+        candidates = plausible(training_stats(), [r.symptoms for r in records])
+    else:  # other records' lists, never the case's own: a second one where the first holds too few other herbs
+        candidates = [[h for _ in range(2) for h in records[(i + rng.randrange(1, len(records))) % len(records)].herbs]
+                      for i in range(len(records))]
     return [RevisionCase(r, corrupt(r.herbs, c, *REVISION_CHANGES, rng))
-            for r, c in zip(records, plausible(training_stats(), [r.symptoms for r in records]), strict=True)]
+            for r, c in zip(records, candidates, strict=True)]
 
 
-def cooccurrence_revision(cases: Sequence[RevisionCase], removals: Sequence[int], additions: Sequence[int]
-                          ) -> list[list[str]]:
+def cooccurrence_scores(cases: Sequence[RevisionCase]) -> np.ndarray:
+    return CoOccurrence().fit(load_split("train", "clean")).scores([c.record.symptoms for c in cases])
+
+
+def cooccurrence_revision(cases: Sequence[RevisionCase], scores: np.ndarray, removals: Sequence[int],
+                          additions: Sequence[int]) -> list[list[str]]:
     """The statistics' revision, as many steps as the model took in each case: remove the draft's herbs that
-    co-occurrence scores lowest for the symptoms, then add the best-scoring herbs not in the draft."""
-    scores = CoOccurrence().fit(load_split("train", "clean")).scores([c.record.symptoms for c in cases])
+    co-occurrence (`scores`, a row per case) scores lowest for the symptoms, then add the best-scoring herbs not in
+    the draft."""
     index, v, out = vocab().herb_id, vocab(), []
     for case, row, ranked, k, m in zip(cases, scores, rank(scores), removals, additions, strict=True):
         draft = sorted(case.corruption.draft, key=lambda h: row[index[h]])
@@ -327,7 +337,8 @@ def cooccurrence_revision(cases: Sequence[RevisionCase], removals: Sequence[int]
     return out
 
 
-def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper: str | None = None) -> dict:
+def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper: str | None = None,
+                      wrong: str = "plausible") -> dict:
     """A model revising each case's corrupted draft through the app's stepper (greedy, screen off): Jaccard of the
     draft, of the model's revision and of the co-occurrence revision against the doctors' list, with paired
     intervals; removal precision (removed herbs that were wrong; a random removal scores 2/|draft|); and the share
@@ -336,7 +347,7 @@ def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper:
     from rxapp.draft import Draft, DraftInputError
     from rxapp.stepper import Recommendation, StepperConfig, recommend
 
-    cases, finals, too_long = revision_cases(split, limit), [], 0
+    cases, finals, too_long = revision_cases(split, limit, wrong), [], 0
     with load_backend(path, stepper or ("llama" if path.suffix == ".gguf" else "hf")) as backend:
         for case in tqdm(cases, desc=f"revise {path.name}", unit="case", disable=None):
             events = recommend(backend, case.record.symptoms, Patient(), StepperConfig(screen_weight=0.0),
@@ -350,23 +361,30 @@ def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper:
     finals = [f for f in finals if f is not None]
     removed = [[s.herb for s in f.steps if s.action == "remove"] for f in finals]
     added = [[s.herb for s in f.steps if s.action == "add"] for f in finals]
-    baseline = cooccurrence_revision(cases, [len(r) for r in removed], [len(a) for a in added])
+    scores = cooccurrence_scores(cases)
+    baseline = cooccurrence_revision(cases, scores, [len(r) for r in removed], [len(a) for a in added])
+    lowest = [min(c.corruption.draft, key=lambda h: row[vocab().herb_id[h]]) for c, row in zip(cases, scores,
+                                                                                              strict=True)]
     truths = [set(c.record.herbs) for c in cases]
-    scores = {name: {"Jaccard": [jaccard(set(h), t) for h, t in zip(lists, truths, strict=True)]}
-              for name, lists in (("draft", [c.corruption.draft for c in cases]), ("model", [f.herbs for f in finals]),
-                                  ("cooccurrence", baseline))}
+    lists = {"draft": [c.corruption.draft for c in cases], "model": [f.herbs for f in finals],
+             "cooccurrence": baseline}
+    jaccards = {name: {"Jaccard": [jaccard(set(h), t) for h, t in zip(herbs, truths, strict=True)]}
+                for name, herbs in lists.items()}
     wrong_removed = sum(len(set(r) & set(c.corruption.wrong)) for r, c in zip(removed, cases, strict=True))
     dropped = sum(len(c.corruption.dropped) for c in cases)
     return {
         "model": str(path), "split": split, "n": len(cases), "too_long": too_long,
-        "changes": {"dropped": REVISION_CHANGES[0], "added": REVISION_CHANGES[1]},
-        **{f"Jaccard {name}": sum(s["Jaccard"]) / len(cases) for name, s in scores.items()},
-        **{f"Jaccard model − {name} CI": list(paired_interval(scores["model"], scores[name], "Jaccard"))
+        "changes": {"dropped": REVISION_CHANGES[0], "added": REVISION_CHANGES[1], "wrong": wrong},
+        **{f"Jaccard {name}": sum(s["Jaccard"]) / len(cases) for name, s in jaccards.items()},
+        **{f"Jaccard model − {name} CI": list(paired_interval(jaccards["model"], jaccards[name], "Jaccard"))
            for name in ("draft", "cooccurrence")},
         "unrevised": sum(f.unrevised for f in finals) / len(cases),  # drafts the stop rule kept as they were
         "removals": sum(map(len, removed)) / len(cases), "additions": sum(map(len, added)) / len(cases),
         "removal_precision": wrong_removed / max(1, sum(map(len, removed))),
         "random_removal_precision": sum(len(c.corruption.wrong) / len(c.corruption.draft) for c in cases) / len(cases),
+        # one removal per draft, of the herb the statistics score lowest for the symptoms
+        "cooccurrence_removal_precision": sum(h in c.corruption.wrong for h, c in zip(lowest, cases, strict=True))
+        / len(cases),
         "restored": sum(len(set(a) & set(c.corruption.dropped)) for a, c in zip(added, cases, strict=True))
         / max(1, dropped),
     }
@@ -375,7 +393,8 @@ def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper:
 def format_revision(row: dict) -> str:
     """The revision table: the three lists' Jaccard, the model's differences with their intervals, its steps."""
     lines = [f"{row['split']} split, {row['n']} drafts ({row['changes']['dropped']} of the doctors' herbs dropped, "
-             f"{row['changes']['added']} plausible wrong herbs added; clean herb lists)",
+             f"{row['changes']['added']} {row['changes'].get('wrong', 'plausible')} wrong herbs added; clean herb "
+             "lists)",
              f"{'list':<28}{'Jaccard':>9}"]
     for name, label in (("draft", "draft (the start)"), ("cooccurrence", "co-occurrence revision"),
                         ("model", "model revision")):
@@ -386,6 +405,7 @@ def format_revision(row: dict) -> str:
         lines.append(f"model − {name:<20}{gap:>+9.4f}  95 % interval [{low:+.4f}, {high:+.4f}]")
     lines.append(f"no change proposed to {row['unrevised']:.1%} of the drafts; "
                  f"removals {row['removals']:.2f} and additions {row['additions']:.2f} per draft; removal precision "
-                 f"{row['removal_precision']:.3f} (a random removal: {row['random_removal_precision']:.3f}); "
+                 f"{row['removal_precision']:.3f} (a random removal: {row['random_removal_precision']:.3f}; the "
+                 f"herb co-occurrence scores lowest: {row['cooccurrence_removal_precision']:.3f}); "
                  f"dropped herbs restored {row['restored']:.3f}")
     return "\n".join(lines)

@@ -32,6 +32,10 @@ from rxapp.vocab import vocab
 
 MAX_CHANGES = 3  # a revision example drops 0–3 true herbs and adds 0–3 wrong ones (at least one change)
 SEED = 28  # the corruptions of the training records, fixed so that distillation is reproducible
+# where an evaluation draft's wrong herbs come from (pipeline.evaluate.revision_cases): "plausible", the herbs the
+# training statistics rank highest for the symptoms, as in every training draft; "foreign", other cases' doctors'
+# lists, written for other presentations: herbs that do not fit, which the statistics can tell
+WRONG_HERBS = ("plausible", "foreign")
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,17 @@ def training_drafts(records: Sequence[Record], stats: TrainStats, rng: random.Ra
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
         for record, candidates in zip(part, plausible(stats, [r.symptoms for r in part]), strict=True):
-            while True:
-                drop, add = rng.randint(0, MAX_CHANGES), rng.randint(0, MAX_CHANGES)
-                if drop or add:
-                    break
-            out.append(corrupt(record.herbs, candidates, drop, add, rng))
+            out.append(corrupt(record.herbs, candidates, *draw_changes(rng), rng))
     return out
+
+
+def draw_changes(rng: random.Random) -> tuple[int, int]:
+    """How many true herbs a training draft drops and how many wrong ones it adds: 0–MAX_CHANGES each, at least one
+    change."""
+    while True:
+        drop, add = rng.randint(0, MAX_CHANGES), rng.randint(0, MAX_CHANGES)
+        if drop or add:
+            return drop, add
 
 
 def teach_revisions(records: Sequence[Record], stats: TrainStats) -> list[dict]:

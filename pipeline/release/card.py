@@ -122,6 +122,8 @@ def revision_section(row: dict | None) -> str:
             for name in ("draft", "cooccurrence")}
     left_out = f" {row['too_long']} drafts too long for the model's context were left out." if row.get("too_long") \
         else ""
+    lowest = (f"; the herb co-occurrence scores lowest: {row['cooccurrence_removal_precision']:.3f}"
+              if "cooccurrence_removal_precision" in row else "")  # scored since 2026-12-07
     return f"""
 ## Revising a draft
 {row['n']:,} {row['split']} drafts, each the doctors' list (clean) with {row['changes']['dropped']} of its herbs
@@ -139,7 +141,7 @@ Model − draft {gaps['draft']}; model − co-occurrence {gaps['cooccurrence']} 
 proposed no change to {row['unrevised']:.1%} of the drafts (its revision stop threshold, tuned on validation drafts,
 stops at once where its changes are not expected to help). Per draft the model removed {row['removals']:.2f} and
 added {row['additions']:.2f} herbs; removal precision
-{row['removal_precision']:.3f} (a random removal: {row['random_removal_precision']:.3f}); dropped herbs restored
+{row['removal_precision']:.3f} (a random removal: {row['random_removal_precision']:.3f}{lowest}); dropped herbs restored
 {row['restored']:.3f}.{left_out}
 """
 

@@ -3,28 +3,30 @@
 per-step advantages.
 
 A state is (patient, current list L0), written as the response up to 【处方】 plus one teacher-explained 加 line per
-herb of L0. States come from the policy's own rollouts (a prefix of the herbs one rollout added) and from
-corrupted ground truth (true herbs dropped, plausible wrong ones added, as many as the starting model's measured
-errors). From each state the policy makes G rollouts; each decision is an action: add a herb (drawn as the stepper
-draws it: other names folded, the list's drugs masked) or stop (at the stop probability the app reads).
+herb of L0. States come from the policy's own rollouts (a prefix of the herbs one rollout added), from corrupted
+ground truth (true herbs dropped, plausible wrong ones added, as many as the starting model's measured errors), and
+from drafts to revise (grpo.revision_share): a doctors' list corrupted as SFT's revision examples are, named in the
+prompt (初稿) as the app names a practitioner's draft. From each state the policy makes G rollouts; each decision is
+an action: add a herb (drawn as the stepper draws it: other names folded, the list's drugs masked), remove one of
+the draft's herbs (revising), or stop (at the stop probability the app reads).
 
     Φ(L)   = Jaccard(L, truth) − α · safety_cost(L)
-    r_t    = Φ(L_t) − Φ(L_{t−1})                    (0 for the stop)
+    r_t    = Φ(L_t) − Φ(L_{t−1})                    (0 for the stop; a removal's r_t is FLAME's 减 reward)
     A_out  = group-normalised Σ_t r_t                (over the G rollouts of a state)
     A_step = group-normalised r_t                    (over every decision of those G rollouts)
     A_t    = A_out + λ · A_step(t)
     loss   = −min(ρ_t A_t, clip(ρ_t, 1 ± ε) A_t) + κ · KL(π_t ‖ π_ref,t), a mean over each rollout's decisions, then
-             rollouts; ρ_t = π(a_t)/π_old(a_t), and the KL is exact over each decision's whole distribution (stop or
-             add, and every herb), so that the first step's ranking of every herb is held to the start's, not only
-             the herbs the rollouts sampled.
+             rollouts; ρ_t = π(a_t)/π_old(a_t), and the KL is exact over each decision's whole distribution (stop,
+             add or remove, and every herb), so that the first step's ranking of every herb is held to the start's,
+             not only the herbs the rollouts sampled.
 
 Jaccard is the accuracy term, as in FLAME. The safety cost is rx's one definition (rxapp.safety.safety_cost: each
 十八反/十九畏 pair and, for a pregnant patient, each pregnancy-rule herb, weighted by severity), the same the app's
 decoding screen charges. It is a sum, not FLAME's pairwise rate: one pair among 12 herbs is a rate of 1/66, less than
 one right herb earns in Jaccard, so the rate could not teach the policy to avoid pairs. Rollouts are not screened by
 default (grpo.screen_weight 0): a screened rollout never meets a pair, so the model could not learn to avoid one.
-The policy adds and stops only: from a corrupted list it learns what to add and when to stop; removing (减) is
-learnt in SFT, from the revision examples (pipeline.data.revision). Under torchrun each process draws its own
+Only a draft's herbs may be removed, as in the app: from corrupted ground truth written as the policy's own lines
+it learns what to add and when to stop; from a draft, also what to take out. Under torchrun each process draws its own
 states and the gradients are averaged before each step.
 """
 
@@ -40,13 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.config import GrpoConfig, PipelineConfig
 from pipeline.data.baselines import CoOccurrence, rank
 from pipeline.data.records import Record, load_split
-from pipeline.data.revision import corrupt
+from pipeline.data.revision import corrupt, draw_changes, removal_reason
 from pipeline.data.teacher import TrainStats, explain
 from pipeline.metrics import jaccard
 from pipeline.model.llm import load_trained, lora_adapters
@@ -60,7 +61,7 @@ from rxapp.stepformat import encode_prompt, parse_response, render_analysis, ren
 from rxapp.stepper import StepperConfig
 from rxapp.vocab import vocab
 
-CURVES = ("reward", "phi", "kl", "herbs", "stop_rate", "incompat_rate")
+CURVES = ("reward", "phi", "kl", "herbs", "stop_rate", "incompat_rate", "removals", "wrong_herbs_removed")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class State:
     pregnant: bool
     truth: frozenset[str]
     start: tuple[str, ...]  # L0
+    revising: bool = False  # L0 is a draft named in the prompt, whose herbs the policy may remove
 
 
 def potential(herbs: Sequence[str], state: State, alpha: float) -> float:
@@ -76,12 +78,15 @@ def potential(herbs: Sequence[str], state: State, alpha: float) -> float:
 
 
 def action_rewards(state: State, rollout: Rollout, alpha: float) -> list[float]:
-    """Each decision's shaped reward r_t: the change in potential its herb brings, 0 for the stop."""
+    """Each decision's shaped reward r_t: the change in potential its herb's addition or removal brings, 0 for the
+    stop."""
     current, rewards = list(state.start), []
     for decision in rollout.decisions:
         before = potential(current, state, alpha)
-        if decision.herb is not None:
+        if decision.action == "add":
             current.append(vocab().herbs[decision.herb])
+        elif decision.action == "remove":
+            current.remove(vocab().herbs[decision.herb])
         rewards.append(potential(current, state, alpha) - before)
     return rewards
 
@@ -101,17 +106,19 @@ def action_advantages(group_rewards: list[list[float]], step_weight: float) -> l
     return out
 
 
-def exact_kl(stop_logit: torch.Tensor, herb_logp: torch.Tensor, ref_stop_logit: torch.Tensor,
-             ref_herb_logp: torch.Tensor, added: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
-    """KL(π ‖ π_ref) of each decision's whole distribution: the stop (a Bernoulli, where the format allows it) and,
-    for an addition, the herb."""
-    p = torch.sigmoid(stop_logit)
-    stop = p * (F.logsigmoid(stop_logit) - F.logsigmoid(ref_stop_logit)) + (1 - p) * (
-        F.logsigmoid(-stop_logit) - F.logsigmoid(-ref_stop_logit))
-    allowed = torch.isfinite(herb_logp)  # the same herbs for both: the stepper's mask does not depend on the model
-    own, ref = herb_logp.masked_fill(~allowed, 0.0), ref_herb_logp.masked_fill(~allowed, 0.0)  # no −∞ − −∞ (NaN)
-    herb = (allowed * own.exp() * (own - ref)).sum(-1)
-    return torch.where(forced, 0.0, stop) + torch.where(added, herb, 0.0)
+def categorical_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) of each row's distribution, over what is allowed (finite): the same for both, since the stepper's
+    masks do not depend on the model."""
+    allowed = torch.isfinite(logp)
+    own, ref = logp.masked_fill(~allowed, 0.0), ref_logp.masked_fill(~allowed, 0.0)  # no −∞ − −∞ (NaN)
+    return (allowed * own.exp() * (own - ref)).sum(-1)
+
+
+def exact_kl(move_logp: torch.Tensor, herb_logp: torch.Tensor, ref_move_logp: torch.Tensor,
+             ref_herb_logp: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+    """KL(π ‖ π_ref) of each decision's whole distribution: the move (stop, add or remove, where the format allows
+    more than one) and, for a herb added or removed, the herb."""
+    return categorical_kl(move_logp, ref_move_logp) + torch.where(moved, categorical_kl(herb_logp, ref_herb_logp), 0.0)
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, kl: torch.Tensor, advantages: torch.Tensor,
@@ -139,7 +146,9 @@ def corrupted_truth(truth: Sequence[str], candidates: Sequence[str], missing: Se
 def state_prefix(state: State, stats: TrainStats) -> tuple[str, str]:
     """(prompt, response so far): the analysis, then one teacher-explained 加 line per herb of L0."""
     steps = "".join(render_step(h, explain(h, state.symptoms, stats)) for h in state.start)
-    return render_prompt(state.symptoms, state.pregnant), steps_prefix(render_analysis(state.symptoms)) + steps
+    draft = state.start if state.revising else ()
+    return (render_prompt(state.symptoms, state.pregnant, draft),
+            steps_prefix(render_analysis(state.symptoms)) + steps)
 
 
 def prefix_ids(tokenizer, state: State, stats: TrainStats) -> list[int]:
@@ -151,9 +160,13 @@ def sample_rollouts(policy: StepPolicy, states: Sequence[State], count: int, sta
                     rng: np.random.Generator) -> list[Rollout]:
     """`count` rollouts from each state, grouped by state."""
     rows = [s for s in states for _ in range(count)]
+
+    def explained(row: int, herb: str, action: str) -> str:
+        return explain(herb, rows[row].symptoms, stats) if action == "add" else removal_reason(herb)
+
     return policy.sample([prefix_ids(policy.tokenizer, s, stats) for s in rows], [s.start for s in rows],
-                         [Patient(pregnant=s.pregnant) for s in rows],
-                         lambda row, herb: explain(herb, rows[row].symptoms, stats), rng)
+                         [Patient(pregnant=s.pregnant) for s in rows], explained, rng,
+                         [s.start if s.revising else () for s in rows])
 
 
 def average_gradients(model, world: int) -> None:
@@ -185,16 +198,15 @@ def grpo_update(policy: StepPolicy, reference, optimizer, states: list[State], s
         with torch.no_grad():
             old, _, _ = policy.log_probs(model, group)
             ref = policy.log_probs(reference, group) if reference is not None else reference_log_probs(policy, group)
-        added = torch.tensor([d.herb is not None for r in group for d in r.decisions])
-        forced = torch.tensor([d.forced for r in group for d in r.decisions])
+        moved = torch.tensor([d.herb is not None for r in group for d in r.decisions])
         padded = torch.nn.utils.rnn.pad_sequence(advantages, batch_first=True)
-        groups.append((group, padded, by_rollout(old, group), ref[1:], added, forced))
+        groups.append((group, padded, by_rollout(old, group), ref[1:], moved))
     kl_sum = 0.0
     for _ in range(cfg.iterations):
         kl_sum = 0.0
-        for group, advantage, old, (ref_stop, ref_herb), added, forced in groups:
-            logp, stop_logit, herb_logp = policy.log_probs(model, group)
-            kl = exact_kl(stop_logit, herb_logp, ref_stop, ref_herb, added.to(logp.device), forced.to(logp.device))
+        for group, advantage, old, (ref_move, ref_herb), moved in groups:
+            logp, move_logp, herb_logp = policy.log_probs(model, group)
+            kl = exact_kl(move_logp, herb_logp, ref_move, ref_herb, moved.to(logp.device))
             mask = by_rollout(torch.ones_like(logp), group)
             loss = grpo_loss(by_rollout(logp, group), old, by_rollout(kl, group), advantage.to(logp.device), mask, cfg)
             (loss / len(groups)).backward()
@@ -209,7 +221,10 @@ def grpo_update(policy: StepPolicy, reference, optimizer, states: list[State], s
             "kl": kl_sum / max(len(groups), 1),  # at the last iteration
             "herbs": float(np.mean([len(r.herbs) for r in rollouts])),
             "stop_rate": float(np.mean([r.stopped for r in rollouts])),
-            "incompat_rate": float(np.mean([incompatible_pairs(r.herbs) > 0 for r in rollouts]))}
+            "incompat_rate": float(np.mean([incompatible_pairs(r.herbs) > 0 for r in rollouts])),
+            "removals": float(np.mean([len(r.removed) for r in rollouts])),
+            "wrong_herbs_removed": float(np.mean([len(set(r.removed) - states[i // cfg.group].truth)
+                                             for i, r in enumerate(rollouts)]))}
 
 
 def reference_log_probs(policy: StepPolicy, rollouts: Sequence[Rollout]) -> tuple[torch.Tensor, ...]:
@@ -245,13 +260,20 @@ class StateSource:
         records = self.rng.sample(self.train, self.cfg.states)
         patients = [State(r.symptoms, self.rng.random() < self.cfg.pregnant_share, frozenset(r.herbs), ())
                     for r in records]
-        from_policy = [self.rng.random() < self.cfg.policy_share for _ in patients]
+        share = self.cfg.revision_share  # no draw at 0, so that such runs draw as before drafts existed
+        revising = [share > 0 and self.rng.random() < share for _ in patients]
+        from_policy = [not draft and self.rng.random() < self.cfg.policy_share for draft in revising]
         drawn = [p for p, own in zip(patients, from_policy, strict=True) if own]
         starts = iter(self.policy_prefixes(policy, drawn, stats, rng))
         ranked = rank(self.candidates.scores([p.symptoms for p in patients]))
-        return [State(p.symptoms, p.pregnant, p.truth,
-                      next(starts) if own else corrupted_truth(sorted(p.truth), ranked[i], *self.errors, self.rng))
-                for i, (p, own) in enumerate(zip(patients, from_policy, strict=True))]
+
+        def start(i: int, truth: list[str], draft: bool, own: bool) -> tuple[str, ...]:
+            if draft:  # corrupted as the revision examples are
+                return corrupt(truth, ranked[i], *draw_changes(self.rng), self.rng).draft
+            return next(starts) if own else corrupted_truth(truth, ranked[i], *self.errors, self.rng)
+
+        return [State(p.symptoms, p.pregnant, p.truth, start(i, sorted(p.truth), draft, own), draft)
+                for i, (p, draft, own) in enumerate(zip(patients, revising, from_policy, strict=True))]
 
     def policy_prefixes(self, policy: StepPolicy, patients: list[State], stats: TrainStats,
                         rng: np.random.Generator) -> list[tuple[str, ...]]:

@@ -61,6 +61,7 @@ def test_the_herb_lists_must_be_raw_or_clean(tmp_path):
     ("grpo:\n  alpha: -5\n", "grpo: alpha must be a finite number ≥ 0, got -5"),  # it would reward unsafe herbs
     ("grpo:\n  alpha: .nan\n", "grpo: alpha must be a finite number ≥ 0, got nan"),
     ("grpo:\n  start: small\n", "grpo: start must be sft or dpo, got 'small'"),
+    ("grpo:\n  revision_share: 1.5\n", "grpo: revision_share must be between 0 and 1, got 1.5"),
     ("evaluate:\n  tradeoff_alphas: [0, -1]\n", "evaluate: each of tradeoff_alphas must be a finite number ≥ 0"),
 ])
 def test_a_value_of_the_wrong_type_is_one_line_naming_its_key(tmp_path, setting, message):

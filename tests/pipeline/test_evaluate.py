@@ -68,15 +68,33 @@ def test_evaluate_reports_raw_and_clean_lists_with_the_doctors_rates(cli, tmp_pa
 
 
 def test_the_cooccurrence_revision_takes_as_many_steps_as_asked_and_removes_its_lowest_scored():
-    from pipeline.evaluate import cooccurrence_revision, revision_cases
+    from pipeline.evaluate import cooccurrence_revision, cooccurrence_scores, revision_cases
+    from rxapp.vocab import vocab
 
     cases = revision_cases("validation", 40)
     assert cases == revision_cases("validation", 40)  # seeded
     assert all(len(c.corruption.wrong) <= 2 and len(c.corruption.dropped) <= 2 for c in cases)
-    revised = cooccurrence_revision(cases, [1] * 40, [2] * 40)
-    for case, herbs in zip(cases, revised, strict=True):
+    scores = cooccurrence_scores(cases)
+    revised = cooccurrence_revision(cases, scores, [1] * 40, [2] * 40)
+    for case, herbs, row in zip(cases, revised, scores, strict=True):
         draft = case.corruption.draft
         assert len(set(draft) - set(herbs)) == min(1, len(draft)) and len(set(herbs) - set(draft)) == 2
+        assert set(draft) - set(herbs) == {min(draft, key=lambda h: row[vocab().herb_id[h]])}
+
+
+def test_foreign_drafts_take_their_wrong_herbs_from_other_cases_prescriptions():
+    from pipeline.evaluate import revision_cases
+
+    cases = revision_cases("validation", 60, wrong="foreign")
+    assert cases == revision_cases("validation", 60, wrong="foreign")  # seeded
+    lists = [set(c.record.herbs) for c in cases]
+    for i, case in enumerate(cases):
+        wrong = set(case.corruption.wrong)
+        assert not wrong & lists[i] and set(case.corruption.draft) - lists[i] == wrong
+        assert all(any(h in herbs for j, herbs in enumerate(lists) if j != i) for h in wrong)
+    assert sum(len(c.corruption.wrong) == 2 for c in cases) >= 58  # fewer only where the other lists are all taken
+    plausible = revision_cases("validation", 60)
+    assert [c.corruption.wrong for c in cases] != [c.corruption.wrong for c in plausible]
 
 
 def test_evaluate_revision_scores_a_models_revisions_beside_the_statistics(cli, micro_export, tmp_path):
@@ -87,6 +105,7 @@ def test_evaluate_revision_scores_a_models_revisions_beside_the_statistics(cli, 
     row = json.loads(out.read_text(encoding="utf-8"))
     assert row["n"] + row["too_long"] == 12 and row["n"]
     assert 0 <= row["removal_precision"] <= 1 and 0 <= row["restored"] <= 1
+    assert 0 <= row["cooccurrence_removal_precision"] <= 1
     assert row["Jaccard draft"] > 0 and {"Jaccard model", "Jaccard cooccurrence"} <= row.keys()
     low, high = row["Jaccard model − draft CI"]
     assert low <= row["Jaccard model"] - row["Jaccard draft"] <= high

@@ -35,15 +35,18 @@ from rxapp.vocab import vocab
 from tests.conftest import ROOT
 
 
-def state(truth, start=(), pregnant=False) -> State:
-    return State(("咳嗽",), pregnant, frozenset(truth), tuple(start))
+def state(truth, start=(), pregnant=False, revising=False) -> State:
+    return State(("咳嗽",), pregnant, frozenset(truth), tuple(start), revising)
 
 
-def rollout(start, actions) -> Rollout:
-    """A rollout from `start` whose decisions add `actions` in order (None: stop)."""
+def rollout(start, actions, draft=()) -> Rollout:
+    """A rollout from `start` whose decisions are `actions` in order: a herb to add, ("remove", herb), or None to
+    stop."""
     index = vocab().herb_id
-    return Rollout([], tuple(start), Patient(), [Decision(0, False, None if a is None else index[a], np.zeros(1), 0.0)
-                                                 for a in actions])
+    moves = [("stop", None) if a is None else a if isinstance(a, tuple) else ("add", a) for a in actions]
+    return Rollout([], tuple(start), Patient(), [Decision(0, (True, True, True), action, None if h is None
+                                                          else index[h], np.zeros(1), 0.0) for action, h in moves],
+                   draft=tuple(draft))
 
 
 def test_step_rewards_telescope_to_the_change_in_potential():
@@ -53,6 +56,16 @@ def test_step_rewards_telescope_to_the_change_in_potential():
     assert taken.herbs == ["桂枝", "麻黄", "甘遂", "杏仁"] and taken.stopped and rewards[-1] == 0.0
     assert rewards[0] == pytest.approx(jaccard({"桂枝", "麻黄"}, s.truth) - jaccard({"桂枝"}, s.truth))
     assert sum(rewards) == pytest.approx(potential(taken.herbs, s, 1.0) - potential(["桂枝"], s, 1.0))
+
+
+def test_a_removal_is_rewarded_by_the_change_in_potential_it_brings():
+    s = state({"麻黄", "杏仁", "甘草"}, start=["麻黄", "桂枝", "杏仁"], revising=True)
+    taken = rollout(s.start, [("remove", "桂枝"), "甘草", ("remove", "杏仁"), None], draft=s.start)
+    rewards = action_rewards(s, taken, alpha=0.0)
+    assert taken.herbs == ["麻黄", "甘草"] and taken.removed == ["桂枝", "杏仁"] and taken.removable == ["麻黄"]
+    assert rewards[0] == pytest.approx(jaccard({"麻黄", "杏仁"}, s.truth) - jaccard({"麻黄", "桂枝", "杏仁"}, s.truth))
+    assert rewards[0] > 0 > rewards[2]  # a wrong herb out gains, a right one out loses
+    assert sum(rewards) == pytest.approx(potential(taken.herbs, s, 0.0) - potential(s.start, s, 0.0))
 
 
 def test_the_potential_prices_the_apps_safety_cost_by_alpha():
@@ -103,13 +116,40 @@ def test_rollouts_decide_as_the_stepper_and_their_log_probs_recompute(policy, st
     for r in rollouts:
         assert len(set(r.herbs)) == len(r.herbs) and not set(vocab().second_names(r.herbs)) & set(r.herbs)
         assert not set(r.herbs) & set(vocab().canonical)  # other names are folded into their one name
-        assert r.decisions[0].forced == (not r.start) and len(r.herbs) <= 6
+        assert r.decisions[0].allowed == (True, False, bool(r.start)) and len(r.herbs) <= 6
         assert r.stopped or len(r.herbs) == 6
         assert parse_response(policy.tokenizer.decode(r.ids)).herbs == r.herbs  # the lines read back as the list
-    logp, stop_logit, herb_logp = policy.log_probs(policy.model, rollouts)  # one pass over the unpadded sequences
+    logp, move_logp, herb_logp = policy.log_probs(policy.model, rollouts)  # one pass over the unpadded sequences
     sampled = torch.tensor([d.logp for r in rollouts for d in r.decisions])
     assert torch.allclose(logp.double(), sampled.double(), atol=1e-3)  # the cache, padded inside, changes nothing
-    assert torch.isfinite(stop_logit).all() and torch.isfinite(herb_logp).any(-1).all()
+    assert torch.isfinite(move_logp[:, 0]).all() and torch.isfinite(herb_logp).any(-1).all()
+
+
+def test_revising_a_draft_removes_only_its_herbs_and_never_adds_one_back(stats):
+    from pipeline.model.llm import load_trained
+
+    # the shipped model: the micro model's P(减) is about .02, too low to show a removal in a few rollouts
+    model, tokenizer = load_trained(ROOT / "assets" / "models" / "default" / "hf")
+    policy = StepPolicy(model.eval(), tokenizer, 1.0, StepperConfig(screen_weight=0.0, forbid_severe=False), 10)
+    drafts = [("麻黄", "桂枝", "杏仁", "甘草"), ("麦冬", "桔梗", "半夏"), ("陈皮", "茯苓", "白术", "当归", "川芎")]
+    states = [state(set(d[1:]), start=d, revising=True) for d in drafts]
+    rollouts = sample_rollouts(policy, states, 8, stats, np.random.default_rng(2))
+    assert sum(len(r.removed) for r in rollouts) >= 8
+    for r in rollouts:
+        assert set(r.removed) <= set(r.start) and not set(r.removed) & set(r.herbs) and not set(r.removed) & set(
+            r.added)
+        assert r.decisions[0].allowed == (True, True, True)  # a draft may be kept as it is, or changed either way
+        text = policy.tokenizer.decode(r.ids)
+        assert text.splitlines()[2].startswith("初稿：")  # the prompt names the draft, as the app's does
+        assert parse_response(text).herbs == r.herbs  # the 减 lines read back as the list the rollout holds
+    logp, _, herb_logp = policy.log_probs(policy.model, rollouts)
+    sampled = torch.tensor([d.logp for r in rollouts for d in r.decisions])
+    # the 加 fed ahead of a 减, hidden from then on, changes nothing
+    assert torch.allclose(logp.double(), sampled.double(), atol=1e-3)
+    removing = torch.tensor([d.action == "remove" for r in rollouts for d in r.decisions])
+    drafts_removed_from = [r.start for r in rollouts for d in r.decisions if d.action == "remove"]
+    assert all(set(torch.isfinite(row).nonzero()[:, 0].tolist()) <= {vocab().herb_id[h] for h in draft}
+               for row, draft in zip(herb_logp[removing], drafts_removed_from, strict=True))
 
 
 def test_one_step_of_the_loss_raises_the_better_rollout_and_lowers_the_worse(micro_run, stats):
@@ -133,21 +173,27 @@ def test_one_step_of_the_loss_raises_the_better_rollout_and_lowers_the_worse(mic
     assert change[0] > 0 > change[1]
 
 
+def moves(stop_logit: float) -> torch.Tensor:
+    """The log distribution over 加, 减, 【 where 减 is not allowed: a Bernoulli of the stop."""
+    return torch.tensor([[0.0, -torch.inf, stop_logit]]).log_softmax(-1)
+
+
 def test_the_kl_is_exact_over_each_decisions_whole_distribution():
     herb_logp = torch.tensor([[-0.5, -1.0, -torch.inf]]).log_softmax(-1)
-    same = exact_kl(torch.tensor([0.3]), herb_logp, torch.tensor([0.3]), herb_logp, torch.tensor([True]),
-                    torch.tensor([False]))
+    same = exact_kl(moves(0.3), herb_logp, moves(0.3), herb_logp, torch.tensor([True]))
     assert same.item() == pytest.approx(0.0, abs=1e-7)
-    moved = exact_kl(torch.tensor([0.3]), herb_logp, torch.tensor([-1.0]), torch.tensor([[-0.1, -3.0, -torch.inf]]),
-                     torch.tensor([True]), torch.tensor([False]))
+    moved = exact_kl(moves(0.3), herb_logp, moves(-1.0), torch.tensor([[-0.1, -3.0, -torch.inf]]),
+                     torch.tensor([True]))
     p, q = herb_logp.exp()[0, :2], torch.tensor([-0.1, -3.0]).exp()
     stop = torch.distributions.kl_divergence(torch.distributions.Bernoulli(logits=torch.tensor(0.3)),
                                              torch.distributions.Bernoulli(logits=torch.tensor(-1.0)))
     assert moved.item() == pytest.approx((p * (p.log() - q.log())).sum().item() + stop.item(), rel=1e-5)
+    stopped = exact_kl(moves(0.3), herb_logp, moves(-1.0), torch.tensor([[-0.1, -3.0, -torch.inf]]),
+                       torch.tensor([False]))
+    assert stopped.item() == pytest.approx(stop.item(), rel=1e-5)  # no herb chosen: the move's KL alone
     logits = torch.tensor([[0.2, -0.4, 0.0]], requires_grad=True)  # the third herb masked, as the stepper does
     own = (logits - torch.tensor([[0.0, 0.0, torch.inf]])).log_softmax(-1)
-    exact_kl(torch.tensor([0.3]), own, torch.tensor([0.3]), herb_logp, torch.tensor([True]),
-             torch.tensor([False])).sum().backward()
+    exact_kl(moves(0.3), own, moves(0.3), herb_logp, torch.tensor([True])).sum().backward()
     assert torch.isfinite(logits.grad).all()  # a masked herb's −∞ must not turn the gradient into NaN
 
 
