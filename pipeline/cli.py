@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "dropped, 2 wrong ones added) beside the co-occurrence revision")
     evaluate.add_argument("--wrong", choices=WRONG_HERBS, default="plausible",
                           help="with --revision, where the drafts' wrong herbs come from: the herbs the statistics "
-                          "rank highest for the symptoms (plausible, the default), or another case's prescription "
+                          "rank highest for the symptoms (plausible, the default), or other cases' prescriptions "
                           "(foreign)")
     evaluate.add_argument("--json", action="store_true",
                           help="print the JSON on stdout (the table then goes to stderr)")

@@ -313,9 +313,9 @@ def revision_cases(split: str, limit: int | None = None, wrong: str = "plausible
     rng = random.Random(REVISION_SEED)
     if wrong == "plausible":
         candidates = plausible(training_stats(), [r.symptoms for r in records])
-    else:  # other records' lists, never the case's own: a second one where the first holds too few other herbs
-        candidates = [[h for _ in range(2) for h in records[(i + rng.randrange(1, len(records))) % len(records)].herbs]
-                      for i in range(len(records))]
+    else:  # the lists of two other records, never the case's own (the second where the first has too few herbs)
+        others = [[(i + rng.randrange(1, len(records))) % len(records) for _ in range(2)] for i in range(len(records))]
+        candidates = [[h for j in pair for h in records[j].herbs] for pair in others]
     return [RevisionCase(r, corrupt(r.herbs, c, *REVISION_CHANGES, rng))
             for r, c in zip(records, candidates, strict=True)]
 
