@@ -2,7 +2,7 @@
 and the log-probability of each of their decisions recomputed with gradients, both exactly as the stepper decides.
 
 At each step boundary the policy stops, with the probability the app reads (rxapp.decoding.stop_probability:
-σ(ℓ【 − log Σ ℓ of the moves allowed) at the newline that ends a line), or makes a move: it adds a herb (加), drawn
+σ(ℓ【 − log Σ e^ℓ over the moves allowed) at the newline that ends a line), or makes a move: it adds a herb (加), drawn
 among the vocabulary herbs with each drug's other names folded into its one name and every drug of the list masked
 (rxapp.stepper.addition_costs), less the safety screen when one is set, at temperature T; or, revising a draft, it
 removes (减) one of the draft's herbs still held, drawn among those at T. 加 and 减 are chosen by the model's own
