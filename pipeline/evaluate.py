@@ -324,15 +324,21 @@ def cooccurrence_scores(cases: Sequence[RevisionCase]) -> np.ndarray:
     return CoOccurrence().fit(load_split("train", "clean")).scores([c.record.symptoms for c in cases])
 
 
+def lowest_scored_first(draft: Sequence[str], scores: np.ndarray) -> list[str]:
+    """The draft's herbs, the one co-occurrence (`scores`, one case's row) scores lowest for the symptoms first."""
+    index = vocab().herb_id
+    return sorted(draft, key=lambda h: scores[index[h]])
+
+
 def cooccurrence_revision(cases: Sequence[RevisionCase], scores: np.ndarray, removals: Sequence[int],
                           additions: Sequence[int]) -> list[list[str]]:
     """The statistics' revision, as many steps as the model took in each case: remove the draft's herbs that
     co-occurrence (`scores`, a row per case) scores lowest for the symptoms, then add the best-scoring herbs not in
     the draft."""
-    index, v, out = vocab().herb_id, vocab(), []
+    v, out = vocab(), []
     for case, row, ranked, k, m in zip(cases, scores, rank(scores), removals, additions, strict=True):
-        draft = sorted(case.corruption.draft, key=lambda h: row[index[h]])
-        kept = draft[k:]
+        draft = case.corruption.draft
+        kept = lowest_scored_first(draft, row)[k:]
         out.append(kept + [h for h in ranked if h not in draft and v.identity(h) == h][:m])
     return out
 
@@ -363,8 +369,7 @@ def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper:
     added = [[s.herb for s in f.steps if s.action == "add"] for f in finals]
     scores = cooccurrence_scores(cases)
     baseline = cooccurrence_revision(cases, scores, [len(r) for r in removed], [len(a) for a in added])
-    lowest = [min(c.corruption.draft, key=lambda h: row[vocab().herb_id[h]]) for c, row in zip(cases, scores,
-                                                                                              strict=True)]
+    lowest = [lowest_scored_first(c.corruption.draft, row)[0] for c, row in zip(cases, scores, strict=True)]
     truths = [set(c.record.herbs) for c in cases]
     lists = {"draft": [c.corruption.draft for c in cases], "model": [f.herbs for f in finals],
              "cooccurrence": baseline}
@@ -393,7 +398,7 @@ def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper:
 def format_revision(row: dict) -> str:
     """The revision table: the three lists' Jaccard, the model's differences with their intervals, its steps."""
     lines = [f"{row['split']} split, {row['n']} drafts ({row['changes']['dropped']} of the doctors' herbs dropped, "
-             f"{row['changes']['added']} {row['changes'].get('wrong', 'plausible')} wrong herbs added; clean herb "
+             f"{row['changes']['added']} {row['changes']['wrong']} wrong herbs added; clean herb "
              "lists)",
              f"{'list':<28}{'Jaccard':>9}"]
     for name, label in (("draft", "draft (the start)"), ("cooccurrence", "co-occurrence revision"),
