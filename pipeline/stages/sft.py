@@ -258,6 +258,9 @@ def train_sft(cfg: PipelineConfig, run_folder: RunFolder, resume: bool = False) 
         run.scheduler.load_state_dict(saved["scheduler"])
         run.state = saved["state"]
 
+    bf16 = bf16_forward(sft.precision, device)
+    if run.main:
+        tqdm.write(f"sft: forward passes in {'bfloat16 autocast' if bf16 else 'float32'}")
     start_time = time.time()
     for epoch in range(run.state["epoch"], 0 if run.state["stopped"] else len(epoch_steps)):
         run.state["epoch"] = epoch
@@ -279,8 +282,9 @@ def train_sft(cfg: PipelineConfig, run_folder: RunFolder, resume: bool = False) 
             loss, per, rows = 0.0, target_count(batch), sft.micro_batch_size or len(batch)
             for start in range(0, len(batch), rows):  # gradients of the micro-batches add up to the batch's
                 part = batch[start : start + rows]
-                part_loss = sft_loss(wrapped, collate(part, tokenizer.pad_token_id, device), part, run.herb_ids,
-                                     sft.teacher_weight, per, sft.set_loss)
+                with torch.autocast(device, torch.bfloat16, enabled=bf16):
+                    part_loss = sft_loss(wrapped, collate(part, tokenizer.pad_token_id, device), part, run.herb_ids,
+                                         sft.teacher_weight, per, sft.set_loss)
                 part_loss.backward()
                 loss += part_loss.item()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -295,6 +299,16 @@ def train_sft(cfg: PipelineConfig, run_folder: RunFolder, resume: bool = False) 
                     run, loss, lr, time.time() - start_time):
                 return finish(run, world)
     return finish(run, world)
+
+
+def bf16_forward(precision: str, device: str) -> bool:
+    """Whether the training steps' forward passes run under bfloat16 autocast (SFTConfig.precision); "auto" asks
+    whether the hardware computes in bfloat16 natively, where emulating it would be slower than float32."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def lr_factor(step: int, warmup: int, main: int, ranking: int, ranking_scale: float) -> float:
