@@ -103,8 +103,9 @@ Each α trains its own GRPO model from the same start, the first row ({grpo.upda
 {grpo.group} rollouts, κ {grpo.kl}, lr {grpo.lr}); each is scored as Q4_K_M through the app's stepper on
 {rows[0]["n"]} {rows[0]["split"]} cases (raw lists) with the app's own safety cost off, so that only training moves
 the rate of prescriptions holding a 十八反/十九畏 pair. The Jaccard and average-herb columns show what GRPO does to
-the written prescriptions. The shipped model is the one trained at the config's α ({grpo.alpha:g}); where it comes
-from another run of the same recipe, its own rows above are what it scores.
+the written prescriptions. The sweep chooses α for the recipe; the shipped model is the one trained at the config's
+α ({grpo.alpha:g}), and where it comes from another run of the recipe (another SFT start), its own rows above are
+what it scores.
 
 {tradeoff_table(rows)}
 

@@ -4,8 +4,7 @@ import pytest
 
 from pipeline.config import PipelineConfig
 
-CONFIGS = ["configs/micro.yaml", "configs/default.yaml", "configs/default-revise.yaml", "configs/qwen2.5-0.5b.yaml",
-           "configs/qwen2.5-7b.yaml"]
+CONFIGS = ["configs/micro.yaml", "configs/default.yaml", "configs/qwen2.5-0.5b.yaml", "configs/qwen2.5-7b.yaml"]
 
 
 @pytest.mark.parametrize("path", CONFIGS)
@@ -29,8 +28,8 @@ def test_the_shipped_stage_must_be_a_trained_one(tmp_path):
 
 
 def test_the_defaults_are_the_shipped_model_settings():
-    # configs/default.yaml trained the model the shipped one continues from (configs/default-revise.yaml); it
-    # overrides nothing, so a drift in a dataclass default would silently change what every other config inherits
+    # configs/default.yaml trained the shipped model; it overrides nothing, so a drift in a dataclass default would
+    # silently change what every other config inherits
     shipped = PipelineConfig.load("configs/default.yaml").to_dict()
     assert shipped == {**PipelineConfig().to_dict(), "name": "default"}
     assert shipped["ship"] == "grpo" and shipped["sft"]["set_loss"] == "sum" and shipped["sft"]["epochs"] == 2
@@ -62,6 +61,7 @@ def test_the_herb_lists_must_be_raw_or_clean(tmp_path):
     ("grpo:\n  alpha: .nan\n", "grpo: alpha must be a finite number ≥ 0, got nan"),
     ("grpo:\n  start: small\n", "grpo: start must be sft or dpo, got 'small'"),
     ("grpo:\n  revision_share: 1.5\n", "grpo: revision_share must be between 0 and 1, got 1.5"),
+    ("sft:\n  precision: fp16\n", "sft: precision must be auto, bf16 or fp32, got 'fp16'"),
     ("evaluate:\n  tradeoff_alphas: [0, -1]\n", "evaluate: each of tradeoff_alphas must be a finite number ≥ 0"),
 ])
 def test_a_value_of_the_wrong_type_is_one_line_naming_its_key(tmp_path, setting, message):

@@ -45,6 +45,18 @@ def test_resume_continues_from_the_checkpoint(micro_run, tmp_path):
     assert json.loads((copy / "sft" / "log.json").read_text()) == before  # finished runs are not redone
 
 
+def test_training_again_writes_the_same_weights(micro_run, tmp_path):
+    """A run reproduces its model: SFT again on the same data and config, on the same machine, writes the same
+    bytes (under bfloat16 autocast where the CPU has it natively: sft.precision auto)."""
+    copy = tmp_path / "run"
+    shutil.copytree(micro_run, copy, ignore=shutil.ignore_patterns("sft"))
+    result = subprocess.run([sys.executable, "-m", "pipeline", "sft", "--config", "configs/micro.yaml", "--out",
+                             str(copy)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = "sft/best/model.safetensors"
+    assert (copy / weights).read_bytes() == (micro_run / weights).read_bytes()
+
+
 def test_model_evaluation_reports_grounding_and_validity(micro_run, cli, tmp_path):
     out = tmp_path / "eval.json"
     result = cli("-m", "pipeline", "evaluate", "--model", str(micro_run / "sft" / "best"), "--split", "validation",
