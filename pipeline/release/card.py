@@ -97,15 +97,19 @@ def tradeoff_section(rows: Sequence[dict], grpo: GrpoConfig) -> str:
     """The GRPO α sweep: its table and plot (tradeoff.png beside the card), or nothing when none was run."""
     if not rows:
         return ""
+    # the settings that trained the sweep's models, recorded with them; a sweep written before they were names none
+    trained = next((r["grpo_settings"] for r in rows if r.get("grpo_settings")), None)
+    settings = (f"{trained['updates']} updates × {trained['states']} states × {trained['group']} rollouts, "
+                f"κ {trained['kl']}, lr {trained['lr']}" if trained else "its settings not recorded with the sweep")
     return f"""
 ## Incompatibility penalty α of step-wise GRPO
-Each α trains its own GRPO model from the same start, the first row ({grpo.updates} updates × {grpo.states} states ×
-{grpo.group} rollouts, κ {grpo.kl}, lr {grpo.lr}); each is scored as Q4_K_M through the app's stepper on
-{rows[0]["n"]} {rows[0]["split"]} cases (raw lists) with the app's own safety cost off, so that only training moves
-the rate of prescriptions holding a 十八反/十九畏 pair. The Jaccard and average-herb columns show what GRPO does to
-the written prescriptions. The sweep chooses α for the recipe; the shipped model is the one trained at the config's
-α ({grpo.alpha:g}), and where it comes from another run of the recipe (another SFT start), its own rows above are
-what it scores.
+Each α trains its own GRPO model from the same start, the first row ({settings});
+each is scored as Q4_K_M through the app's stepper on {rows[0]["n"]} {rows[0]["split"]} cases (raw lists) with the
+app's own safety cost off, so that only training moves the rate of prescriptions holding a 十八反/十九畏 pair. The
+Jaccard and average-herb columns show what GRPO does to the written prescriptions. The sweep chooses α for the
+recipe; the shipped model is the one trained at the config's α ({grpo.alpha:g}) with the config's settings
+({grpo.updates} updates), and where it comes from another run of the recipe (another SFT start, other settings),
+its own rows above are what it scores.
 
 {tradeoff_table(rows)}
 

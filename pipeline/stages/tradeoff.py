@@ -13,8 +13,10 @@ from pipeline.config import PipelineConfig
 from pipeline.evaluate import evaluate_model, without_cases
 from pipeline.release.card import plot_tradeoff
 from pipeline.release.export import shipped_gguf
-from pipeline.runfolder import RunFolder, write_json
+from pipeline.runfolder import RunFolder, read_json, write_json
 from pipeline.stages.grpo import train_grpo
+
+SWEEP_SETTINGS = ("updates", "states", "group", "kl", "lr")  # the GRPO settings the card names for the sweep
 
 
 def scored(model_dir: Path, export_dir: Path, split: str, limit: int | None) -> dict:
@@ -33,7 +35,9 @@ def sweep(cfg: PipelineConfig, run_folder: RunFolder, start: Path, alphas: Seque
             at_alpha = copy.deepcopy(cfg)
             at_alpha.grpo.alpha = alpha
             train_grpo(at_alpha, run_folder, start)
-        rows.append(scored(folder / "best", folder / "export", split, limit) | {"grpo_alpha": alpha})
+        trained_by = read_json(folder / "log.json")["settings"]  # this model's own, which may predate the config's
+        rows.append(scored(folder / "best", folder / "export", split, limit)
+                    | {"grpo_alpha": alpha, "grpo_settings": {k: trained_by[k] for k in SWEEP_SETTINGS}})
     write_json(without_cases(rows), run_folder.tradeoff)
     plot_tradeoff(rows, run_folder.tradeoff.with_suffix(".png"))
     return rows

@@ -261,18 +261,25 @@ def test_tradeoff_scores_the_start_and_each_alpha_and_plots_them(micro_run):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((micro_run / "tradeoff.json").read_text())
     assert [r["grpo_alpha"] for r in rows] == [None, 0.5] and all(r["n"] == 8 for r in rows)
+    trained_by = json.loads((micro_run / "grpo-a0.5" / "log.json").read_text())["settings"]
+    assert rows[1]["grpo_settings"]["updates"] == trained_by["updates"] == 3  # the model's own, as the card names
     assert all(r["decoding"] == "stepper:llama" and r["screen_weight"] == 0.0 for r in rows)
     assert "GRPO α=0.5" in result.stdout and "start (no GRPO)" in result.stdout
     assert (micro_run / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     export = micro_run / "grpo-a0.5" / "export"
+    longer = micro_run / "micro-longer.yaml"  # a config whose GRPO settings are not the sweep's
+    longer.write_text((ROOT / "configs" / "micro.yaml").read_text(encoding="utf-8").replace("updates: 3", "updates: 7"),
+                      encoding="utf-8")
     result = subprocess.run([sys.executable, "-m", "pipeline", "card", "--export", str(export), "--config",
-                             "configs/micro.yaml", "--eval", str(micro_run / "tradeoff.json"), "--stages", "distill",
+                             str(longer), "--eval", str(micro_run / "tradeoff.json"), "--stages", "distill",
                              "sft", "grpo", "export", "--tradeoff", str(micro_run / "tradeoff.json")], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     card = (export / "card.md").read_text(encoding="utf-8")
     assert "step-wise GRPO on the stepper's decisions (α" in card and "DPO" not in card and "| GRPO α=0.5 | 8 |" in card
+    flat = " ".join(card.split())  # the card's lines wrap wherever the numbers end
+    assert "the first row (3 updates ×" in flat and "the config's settings (7 updates)" in flat
     assert (export / "tradeoff.png").read_bytes() == (micro_run / "tradeoff.png").read_bytes()
     shown = model_card(export / "model-q4_k_m.gguf")  # what the app's model tab shows: the plot inlined
     assert "](tradeoff.png)" in card and "](data:image/png;base64," in shown
