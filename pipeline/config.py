@@ -145,8 +145,8 @@ class GrpoConfig:
 
     # the model it starts from: "sft", or "dpo" (the preference stage's), which no validation has yet shown to help
     start: str = "sft"
-    # 100 tie 150 on validation (Jaccard −.0011 [−.0038, +.0017]), taking a third less time
-    # (docs/lab/2026-12-07-grpo-updates.md)
+    # 100 tie 150 on validation (Jaccard −.0012 [−.0029, +.0005], all 2,292 cases) in a third less time; on test
+    # they wrote Jaccard −.0018 [−.0033, −.0003] against 150 (docs/lab/2026-12-07-grpo-updates.md)
     updates: int = 100
     states: int = 8  # states per update (per process under torchrun)
     group: int = 8  # G rollouts per state
