@@ -92,8 +92,8 @@ class SFTConfig:
 @dataclass
 class StoppingConfig:
     """Tuning a trained model's stop rule on validation (pipeline/model/stopping.py): from nothing, a threshold and
-    a herb limit; revising a draft, a threshold. After SFT, DPO and GRPO (with grpo.retune_stop false, GRPO's
-    revision threshold alone)."""
+    a herb limit, after SFT, DPO and GRPO (unless grpo.retune_stop is false); revising a draft, a threshold, at
+    export, for the model that ships, the one model a run's revisions are made with."""
 
     cases: int = 1000  # from nothing: the first validation cases
     revision_cases: int = 300  # revising: drafts of the first validation cases, through the app's stepper
@@ -154,6 +154,11 @@ class GrpoConfig:
     step_weight: float = 0.5  # λ: weight of the step advantage beside the outcome advantage
     clip: float = 0.2  # ε of the clipped surrogate
     kl: float = 0.1  # κ: weight of the KL to the reference (the starting model)
+    # κ_rank: weight of a KL of the first step's herb distribution (the ranking the app returns) to the reference's,
+    # for each update's patients from an empty list, whether or not a rollout starts there. 0: at 1 it held the first
+    # step eight times closer to the start and the ranking no better (P@5 −.0031 against −.0035 below the start on
+    # validation), while the list lost Jaccard (docs/lab/2026-12-07-ranking-anchor.md)
+    ranking_kl: float = 0.0
     iterations: int = 2  # gradient steps on each update's rollouts (the clip matters from the second on)
     lr: float = 2e-5
     # of the herb choice in rollouts, and of its log-probabilities in the ratio and the KL (the stop is sampled at the
@@ -173,7 +178,7 @@ class GrpoConfig:
     # True: tune the from-nothing stop rule (threshold and herb limit) again on validation, as after SFT: the stop
     # probabilities GRPO trains set how long lists are on average, not which patients need longer ones, so the rule
     # that scores best for the trained model is chosen afresh (docs/lab/2026-12-07-stop-length.md); False keeps the
-    # start's. The revision threshold is re-tuned either way: GRPO moves it, whether or not it trains revising
+    # start's. The revision threshold is tuned at export either way: GRPO moves it, whether or not it trains revising
     retune_stop: bool = True
     checkpoint_every: int = 10  # updates between checkpoints, which `--resume` continues from after an interruption
 

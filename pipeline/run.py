@@ -29,7 +29,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data.distill import INPUTS as DISTILL_INPUTS
 from pipeline.data.knowledge import KG_DIR
 from pipeline.data.records import SMGCN, SPLITS
-from pipeline.runfolder import TRAINED_STAGES, RunFolder, read_json, write_json, write_text
+from pipeline.runfolder import TRAINED_STAGES, RunFolder, read_json, read_jsonl, write_json, write_text
 from rxapp.knowledge import KNOWLEDGE_FILE
 from rxapp.modelinfo import file_sha256
 
@@ -142,9 +142,20 @@ def tradeoff(run: Run) -> dict:
 
 
 def export(run: Run) -> dict:
-    from pipeline.release.export import export as export_model
+    """The shipped stage's model, its revision stop threshold tuned first: the trained stages tune building from
+    nothing alone, since only the model that ships revises drafts in the app and in the evaluation."""
+    import torch
 
-    return {kind: str(path) for kind, path in export_model(run.shipped_model(), run.folder.export).items()}
+    from pipeline.model.stopping import tune_stopping
+    from pipeline.release.export import export as export_model
+    from rxapp.modelinfo import saved_stop_thresholds
+
+    shipped, cfg = run.shipped_model(), run.cfg
+    validation = read_jsonl(run.folder.examples("validation"))[: cfg.sft.max_validation]
+    thresholds = tune_stopping(shipped, validation, "cuda" if torch.cuda.is_available() else "cpu", cfg.stopping,
+                               kept=saved_stop_thresholds(shipped))
+    return {"revision_stop_threshold": thresholds.revision,
+            **{kind: str(path) for kind, path in export_model(shipped, run.folder.export).items()}}
 
 
 def evaluate(run: Run) -> dict:
@@ -290,22 +301,23 @@ STAGES = (
     Stage("distill", "the teacher's training examples", distill, ("prepare", "knowledge"),
           lambda c: [asdict(c.teacher), c.herb_lists], lambda run: list(DISTILL_INPUTS)),
     Stage("sft", "supervised fine-tuning on the distilled examples (torchrun for several ranks); RUN/sft/best",
-          sft, ("distill",), lambda c: [c.seed, asdict(c.model), asdict(c.sft)], options=SFT_OPTIONS),
+          sft, ("distill",), lambda c: [c.seed, asdict(c.model), asdict(c.sft), c.stopping.cases],
+          options=SFT_OPTIONS),
     Stage("small", "train the small BART (symptoms → herb list) of the preference stage; RUN/small/best", small,
           ("distill",), lambda c: [c.seed, asdict(c.small)], options=()),
     Stage("prefs", "preference pairs: LLM samples against the small BART (and clinician feedback); RUN/prefs/",
           prefs, ("sft", "small"), lambda c: [c.seed, asdict(c.prefs)],
           lambda run: [run.feedback] if run.feedback else [], options=(FROM_SFT, FEEDBACK)),
     Stage("dpo", "DPO (TRL) on RUN/prefs from the SFT model, which is also its reference; RUN/dpo/best", dpo,
-          ("prefs",), lambda c: [c.seed, asdict(c.dpo)], options=(FROM_SFT,)),
+          ("prefs",), lambda c: [c.seed, asdict(c.dpo), c.stopping.cases], options=(FROM_SFT,)),
     Stage("grpo", "step-wise GRPO with reward shaping and the safety cost's weight α (torchrun for data parallel); "
-          "RUN/grpo-aα/best with log.json and curves.png", grpo, ("sft", "dpo"), lambda c: [c.seed, asdict(c.grpo)],
-          options=GRPO_OPTIONS),
+          "RUN/grpo-aα/best with log.json and curves.png", grpo, ("sft", "dpo"),
+          lambda c: [c.seed, asdict(c.grpo), c.stopping.cases], options=GRPO_OPTIONS),
     Stage("tradeoff", "α sweep: GRPO per α, each scored with the start model through the app's stepper; "
           "RUN/tradeoff.json and tradeoff.png", tradeoff, ("grpo",), lambda c: [asdict(c.evaluate)],
           options=SWEEP_OPTIONS),
-    Stage("export", "the shipped stage's model as a merged HF folder and GGUFs", export, ("grpo",),
-          lambda c: c.ship),
+    Stage("export", "the shipped stage's model, its revision stop tuned, as a merged HF folder and GGUFs", export,
+          ("grpo",), lambda c: [c.ship, c.stopping.revision_cases]),
     Stage("evaluate", "every trained stage through the app's stepper, beside the baselines", evaluate,
           ("export", "sft", "dpo"), everything_but_the_sweep),
     Stage("card", "the model card beside the export", card, ("evaluate", "tradeoff"), lambda c: c.name),

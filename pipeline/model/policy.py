@@ -166,6 +166,18 @@ class StepPolicy:
             ids, mask = new, torch.cat([mask, new_mask], dim=1)
         return rollouts
 
+    def first_steps(self, prefixes: Sequence[list[int]], patients: Sequence[Patient]) -> list[Rollout]:
+        """For each prompt with its response up to the first step boundary, a rollout of the first 加 alone, whose
+        herb distribution (`log_probs`' third value) is the first step's: the ranking of every herb the app returns.
+        Its herb is a placeholder, the first one allowed; nothing reads its probability."""
+        rollouts = []
+        for prefix, patient in zip(prefixes, patients, strict=True):
+            cost = addition_costs([], patient, self.screen)
+            first = Decision(len(prefix) - 1, (True, False, False), "add", int(np.flatnonzero(np.isfinite(cost))[0]),
+                             cost, 0.0)
+            rollouts.append(Rollout([*prefix, self.format.add], (), patient, [first]))
+        return rollouts
+
     def decide(self, rollout: Rollout, marker_logits: torch.Tensor, herb_logits: torch.Tensor,
                explain: Callable[[int, str, str], str], row: int, rng: np.random.Generator) -> list[int] | None:
         """One decision of one rollout; the tokens it feeds next (its line, then the 加 put in ahead; or 减 alone,

@@ -134,27 +134,31 @@ def tune_revision(backend: HFBackend, records: Sequence[Record]) -> tuple[float,
 
 
 def tune_stopping(folder: Path, validation: Sequence[dict], device: str, settings: StoppingConfig,
-                  kept: StopThresholds | None = None) -> StopThresholds:
+                  kept: StopThresholds | None = None, revision: bool = True) -> StopThresholds:
     """Tune a trained model's stop rule on (the first cases of) `validation`, examples with symptoms and the
-    doctors' herbs, and write it into its metadata; with `kept`, keep its from-nothing threshold and herb limit and
-    tune the revision threshold alone."""
+    doctors' herbs, and write it into its metadata; with `kept`, keep its from-nothing threshold and herb limit;
+    with `revision` false, keep the revision threshold too (`kept`'s, else ½): a run's trained stages tune building
+    from nothing alone, and its export tunes revising, once, for the model that ships (pipeline.run.export)."""
     model, tokenizer = load_trained(folder)
     model.to(device)
     cases = validation[: settings.cases]
     if kept is None:
         scratch, limit, score = tune_scratch(model, tokenizer, [e["symptoms"] for e in cases],
                                              [set(e["herbs"]) for e in cases])
-        from_nothing = {"stop_threshold": scratch, "herb_limit": limit, "val_Jaccard": round(score, 4),
-                        "cases": len(cases)}
+        report = {"stop_threshold": scratch, "herb_limit": limit, "val_Jaccard": round(score, 4),
+                  "cases": len(cases)}
     else:
         scratch, limit = kept.scratch, kept.herb_limit
-        from_nothing = {"stop_threshold": scratch, "herb_limit": limit, "kept": True}
-    backend = HFBackend(model, tokenizer, model_metadata(StopThresholds(scratch, 0.0)), str(folder))
-    records = [Record(str(i), tuple(e["symptoms"]), tuple(e["herbs"]))
-               for i, e in enumerate(validation[: settings.revision_cases])]
-    revision, revision_score, drafts = tune_revision(backend, records)
-    thresholds = StopThresholds(scratch, revision, limit)
+        report = {"stop_threshold": scratch, "herb_limit": limit, "kept": True}
+    revising = (kept or StopThresholds()).revision
+    if revision:
+        backend = HFBackend(model, tokenizer, model_metadata(StopThresholds(scratch, 0.0)), str(folder))
+        records = [Record(str(i), tuple(e["symptoms"]), tuple(e["herbs"]))
+                   for i, e in enumerate(validation[: settings.revision_cases])]
+        revising, revision_score, drafts = tune_revision(backend, records)
+        report |= {"revision_stop_threshold": revising, "val_revision_Jaccard": round(revision_score, 4),
+                   "drafts": drafts}
+    thresholds = StopThresholds(scratch, revising, limit)
     write_model_metadata(folder, thresholds)
-    tqdm.write(json.dumps({**from_nothing, "revision_stop_threshold": revision,
-                           "val_revision_Jaccard": round(revision_score, 4), "drafts": drafts}))
+    tqdm.write(json.dumps(report))
     return thresholds

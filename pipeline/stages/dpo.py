@@ -86,5 +86,5 @@ def train_dpo(cfg: PipelineConfig, run_folder: RunFolder, sft_model: Path) -> Pa
     write_json(log, out / "log.json")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tune_stopping(best, read_jsonl(run_folder.examples("validation"))[: cfg.sft.max_validation], device,
-                  cfg.stopping)
+                  cfg.stopping, revision=False)
     return best

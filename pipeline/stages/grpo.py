@@ -18,7 +18,10 @@ the draft's herbs (revising), or stop (at the stop probability the app reads).
     loss   = −min(ρ_t A_t, clip(ρ_t, 1 ± ε) A_t) + κ · KL(π_t ‖ π_ref,t), a mean over each rollout's decisions, then
              rollouts; ρ_t = π(a_t)/π_old(a_t), and the KL is exact over each decision's whole distribution (stop,
              add or remove, and every herb), so that the first step's ranking of every herb is held to the start's,
-             not only the herbs the rollouts sampled.
+             not only the herbs the rollouts sampled
+           + κ_rank · KL(π_first ‖ π_ref,first), a mean over the update's patients: the first step's herb
+             distribution from an empty list, the ranking the app returns, held apart from the decisions that
+             write the list.
 
 Jaccard is the accuracy term, as in FLAME. The safety cost is rx's one definition (rxapp.safety.safety_cost: each
 十八反/十九畏 pair and, for a pregnant patient, each pregnancy-rule herb, weighted by severity), the same the app's
@@ -61,7 +64,8 @@ from rxapp.stepformat import encode_prompt, parse_response, render_analysis, ren
 from rxapp.stepper import StepperConfig
 from rxapp.vocab import vocab
 
-CURVES = ("reward", "phi", "kl", "herbs", "stop_rate", "incompat_rate", "removals", "wrong_herbs_removed")
+CURVES = ("reward", "phi", "kl", "first_step_kl", "herbs", "stop_rate", "incompat_rate", "removals",
+          "wrong_herbs_removed")
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,13 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, kl: torch.Tensor, adva
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantages)
     per_decision = (-surrogate + cfg.kl * kl) * mask
     return (per_decision.sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+def first_step_rollouts(policy: StepPolicy, states: Sequence[State], stats: TrainStats) -> list[Rollout]:
+    """The first step of each state's patient from an empty list (pipeline.model.policy.StepPolicy.first_steps)."""
+    empty = [State(s.symptoms, s.pregnant, s.truth, ()) for s in states]
+    return policy.first_steps([prefix_ids(policy.tokenizer, s, stats) for s in empty],
+                              [Patient(pregnant=s.pregnant) for s in empty])
 
 
 def by_rollout(values: torch.Tensor, rollouts: Sequence[Rollout]) -> torch.Tensor:
@@ -201,9 +212,19 @@ def grpo_update(policy: StepPolicy, reference, optimizer, states: list[State], s
         moved = torch.tensor([d.herb is not None for r in group for d in r.decisions])
         padded = torch.nn.utils.rnn.pad_sequence(advantages, batch_first=True)
         groups.append((group, padded, by_rollout(old, group), ref[1:], moved))
-    kl_sum = 0.0
+    first = first_step_rollouts(policy, states, stats)
+    with torch.no_grad():
+        ref_first = (policy.log_probs(reference, first) if reference is not None
+                     else reference_log_probs(policy, first))[2]
+    kl_sum = first_kl = 0.0
     for _ in range(cfg.iterations):
         kl_sum = 0.0
+        # measured at every update (the ranking's drift is a curve), trained on where κ_rank > 0
+        with torch.set_grad_enabled(cfg.ranking_kl > 0):
+            ranking = categorical_kl(policy.log_probs(model, first)[2], ref_first).mean()
+        if cfg.ranking_kl > 0:
+            (cfg.ranking_kl * ranking).backward()
+        first_kl = ranking.item()
         for group, advantage, old, (ref_move, ref_herb), moved in groups:
             logp, move_logp, herb_logp = policy.log_probs(model, group)
             kl = exact_kl(move_logp, herb_logp, ref_move, ref_herb, moved.to(logp.device))
@@ -219,6 +240,7 @@ def grpo_update(policy: StepPolicy, reference, optimizer, states: list[State], s
     return {"reward": float(np.mean([sum(rw) for rw in rewards])),
             "phi": float(np.mean([start[i // cfg.group] + sum(rw) for i, rw in enumerate(rewards)])),
             "kl": kl_sum / max(len(groups), 1),  # at the last iteration
+            "first_step_kl": first_kl,  # at the last iteration, before its step
             "herbs": float(np.mean([len(r.herbs) for r in rollouts])),
             "stop_rate": float(np.mean([r.stopped for r in rollouts])),
             "incompat_rate": float(np.mean([incompatible_pairs(r.herbs) > 0 for r in rollouts])),
@@ -283,14 +305,16 @@ class StateSource:
 
 
 def plot_curves(log: list[dict], path: Path) -> None:
-    """Reward, Φ, KL, herbs per rollout, stop rate and incompatibility rate against the update, one panel each."""
+    """Each of CURVES against the update, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(CURVES) // 2, figsize=(4 * len(CURVES) // 2, 6))
-    for ax, key in zip(axes.flat, CURVES, strict=True):
+    columns = 3
+    rows = -(-len(CURVES) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows))
+    for ax, key in zip(axes.flat, CURVES, strict=True):  # CURVES fill the grid
         ax.plot([e["update"] for e in log], [e[key] for e in log])
         ax.set_title(key)
         ax.set_xlabel("update")
@@ -387,7 +411,7 @@ def train_grpo(cfg: PipelineConfig, run_folder: RunFolder, start: Path, resume: 
         save_model(model.merge_and_unload() if reference is None else model, tokenizer, best)
         plot_curves(log, out / "curves.png")
         kept = None if settings.retune_stop else saved_stop_thresholds(start)
-        tune_stopping(best, validation[: cfg.sft.max_validation], device, cfg.stopping, kept=kept)
+        tune_stopping(best, validation[: cfg.sft.max_validation], device, cfg.stopping, kept=kept, revision=False)
     if world > 1:
         dist.barrier()
     return best

@@ -324,7 +324,7 @@ def lr_factor(step: int, warmup: int, main: int, ranking: int, ranking_scale: fl
 
 def finish(run: Training, world: int) -> Path:
     if run.main:
-        tune_stopping(run.out_dir / "best", run.validation, run.device, run.cfg.stopping)
+        tune_stopping(run.out_dir / "best", run.validation, run.device, run.cfg.stopping, revision=False)
     if world > 1:
         dist.barrier()
     return run.out_dir / "best"

@@ -10,7 +10,7 @@ from pipeline.release.ship import ship
 from pipeline.run import active_stages, making_stages
 from pipeline.runfolder import RunFolder
 from rxapp.backends import load_backend
-from rxapp.modelinfo import file_sha256
+from rxapp.modelinfo import file_sha256, saved_stop_thresholds
 from tests.conftest import ROOT
 
 MICRO = ROOT / "configs" / "micro.yaml"
@@ -45,6 +45,14 @@ def test_run_trains_every_stage_then_redoes_only_what_changed(cli, micro_run, tm
     assert revision["n"] + revision["too_long"] == 16 and revision["n"]
     assert "## Revising a draft" in card and f"{revision['Jaccard model']:.4f}" in card
     assert "sft epoch" in (out / "logs" / "sft.log").read_text(encoding="utf-8")
+    # the revision stop is tuned once, at export, for the model that ships; the trained stages tune from nothing
+    tuned = saved_stop_thresholds(out / "export" / "hf")
+    [export_log] = [json.loads(line) for line in (out / "logs" / "export.log").read_text(encoding="utf-8").splitlines()
+                    if line.startswith("{")]
+    assert export_log["kept"] and export_log["revision_stop_threshold"] == tuned.revision
+    assert tuned.scratch == saved_stop_thresholds(out / "grpo-a1" / "best").scratch
+    assert all("revision_stop_threshold" not in (out / "logs" / f"{stage}.log").read_text(encoding="utf-8")
+               for stage in ("sft", "dpo", "grpo"))
     assert (out / "config.yaml").read_text(encoding="utf-8") == MICRO.read_text(encoding="utf-8")
 
     shipped = tmp_path / "default"
