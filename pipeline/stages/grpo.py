@@ -21,7 +21,7 @@ the draft's herbs (revising), or stop (at the stop probability the app reads).
              not only the herbs the rollouts sampled
            + κ_rank · KL(π_first ‖ π_ref,first), a mean over the update's patients: the first step's herb
              distribution from an empty list, the ranking the app returns, held apart from the decisions that
-             write the list.
+             write the list (grpo.ranking_kl; 0 by default, since at 1 it did not hold the ranking).
 
 Jaccard is the accuracy term, as in FLAME. The safety cost is rx's one definition (rxapp.safety.safety_cost: each
 十八反/十九畏 pair and, for a pregnant patient, each pregnancy-rule herb, weighted by severity), the same the app's
