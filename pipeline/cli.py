@@ -45,15 +45,13 @@ def run_distill(args: argparse.Namespace) -> int:
 
 
 def run_tune_stop(args: argparse.Namespace) -> int:
-    import torch
-
     from pipeline.config import StoppingConfig
     from pipeline.data.records import load_split
     from pipeline.model.stopping import tune_stopping
+    from pipeline.model.training import default_device
 
     validation = [{"symptoms": r.symptoms, "herbs": r.herbs} for r in load_split("validation", args.lists)]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    thresholds = tune_stopping(args.model, validation, device, StoppingConfig())
+    thresholds = tune_stopping(args.model, validation, args.device or default_device(), StoppingConfig())
     print(f"{args.model}: stop threshold {thresholds.scratch:g}, herb limit {thresholds.herb_limit or 'none'}, "
           f"revision stop threshold {thresholds.revision:g}")
     return 0

@@ -144,16 +144,14 @@ def tradeoff(run: Run) -> dict:
 def export(run: Run) -> dict:
     """The shipped stage's model, its revision stop threshold tuned first: the trained stages tune building from
     nothing alone, since only the model that ships revises drafts in the app and in the evaluation."""
-    import torch
-
     from pipeline.model.stopping import tune_stopping
+    from pipeline.model.training import default_device
     from pipeline.release.export import export as export_model
     from rxapp.modelinfo import saved_stop_thresholds
 
     shipped, cfg = run.shipped_model(), run.cfg
     validation = read_jsonl(run.folder.examples("validation"))[: cfg.sft.max_validation]
-    thresholds = tune_stopping(shipped, validation, "cuda" if torch.cuda.is_available() else "cpu", cfg.stopping,
-                               kept=saved_stop_thresholds(shipped))
+    thresholds = tune_stopping(shipped, validation, default_device(), cfg.stopping, kept=saved_stop_thresholds(shipped))
     return {"revision_stop_threshold": thresholds.revision,
             **{kind: str(path) for kind, path in export_model(shipped, run.folder.export).items()}}
 

@@ -20,10 +20,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def setup_distributed() -> tuple[int, int, str]:
     """(rank, world size, device) under torchrun, or (0, 1, device) for one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
     rank = dist.get_rank() if world > 1 else 0

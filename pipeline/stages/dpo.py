@@ -13,7 +13,7 @@ import torch
 from pipeline.config import PipelineConfig
 from pipeline.model.llm import load_trained, lora_adapters
 from pipeline.model.stopping import tune_stopping
-from pipeline.model.training import save_model, seed_everything
+from pipeline.model.training import default_device, save_model, seed_everything
 from pipeline.runfolder import RunFolder, read_jsonl, write_json
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -84,7 +84,6 @@ def train_dpo(cfg: PipelineConfig, run_folder: RunFolder, sft_model: Path) -> Pa
         model = model.merge_and_unload()
     best = save_model(model, tokenizer, out / "best")
     write_json(log, out / "log.json")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tune_stopping(best, read_jsonl(run_folder.examples("validation"))[: cfg.sft.max_validation], device,
+    tune_stopping(best, read_jsonl(run_folder.examples("validation"))[: cfg.sft.max_validation], default_device(),
                   cfg.stopping, revision=False)
     return best

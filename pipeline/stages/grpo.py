@@ -208,14 +208,13 @@ def grpo_update(policy: StepPolicy, reference, optimizer, states: list[State], s
         advantages = action_advantages([rewards[i] for i in kept], cfg.step_weight)
         with torch.no_grad():
             old, _, _ = policy.log_probs(model, group)
-            ref = policy.log_probs(reference, group) if reference is not None else reference_log_probs(policy, group)
+            ref = reference_log_probs(policy, reference, group)
         moved = torch.tensor([d.herb is not None for r in group for d in r.decisions])
         padded = torch.nn.utils.rnn.pad_sequence(advantages, batch_first=True)
         groups.append((group, padded, by_rollout(old, group), ref[1:], moved))
     first = first_step_rollouts(policy, states, stats)
     with torch.no_grad():
-        ref_first = (policy.log_probs(reference, first) if reference is not None
-                     else reference_log_probs(policy, first))[2]
+        ref_first = reference_log_probs(policy, reference, first)[2]
     kl_sum = first_kl = 0.0
     for _ in range(cfg.iterations):
         kl_sum = 0.0
@@ -249,8 +248,11 @@ def grpo_update(policy: StepPolicy, reference, optimizer, states: list[State], s
                                              for i, r in enumerate(rollouts)]))}
 
 
-def reference_log_probs(policy: StepPolicy, rollouts: Sequence[Rollout]) -> tuple[torch.Tensor, ...]:
-    """The reference's log-probabilities (LoRA): the model with its adapters off."""
+def reference_log_probs(policy: StepPolicy, reference, rollouts: Sequence[Rollout]) -> tuple[torch.Tensor, ...]:
+    """The reference's log-probabilities (StepPolicy.log_probs): of the frozen copy, or where `reference` is None
+    (LoRA), of the model with its adapters off."""
+    if reference is not None:
+        return policy.log_probs(reference, rollouts)
     with policy.model.disable_adapter():
         return policy.log_probs(policy.model, rollouts)
 
