@@ -1,6 +1,7 @@
 """Classical formulas (方剂) and the one a prescription resembles: the 120 compositions of
 assets/knowledge/classical_formulas.csv, each read in a cited classical text, matched with the lenient equivalences of
-formula_equivalents.csv (芍药 for 白芍, 甘草 for 炙甘草 …) and the vocabulary's one name per drug; and a formula
+formula_equivalents.csv (芍药 for 白芍, 甘草 for 炙甘草 …) and the vocabulary's one name per drug, and with the
+common substitutions of formula_substitutes.csv (党参 for 人参: another drug, so the match says it); and a formula
 looked up by name, to start a revision from."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rxapp.vocab import vocab
 
 FORMULAS_FILE = ASSETS / "knowledge" / "classical_formulas.csv"
 EQUIVALENTS_FILE = ASSETS / "knowledge" / "formula_equivalents.csv"
+SUBSTITUTES_FILE = ASSETS / "knowledge" / "formula_substitutes.csv"
 # Herbs that many formulas add to harmonise or as a vehicle: holding them says little about which formula a
 # prescription follows (the reference notes that a near match of a 4-herb formula with 甘草 is weak evidence).
 COMMON_HERBS = frozenset({"甘草", "炙甘草", "生姜", "大枣"})
@@ -42,24 +44,31 @@ class FormulaInputError(ValueError):
 class Resemblance:
     formula: Formula
     present: tuple[str, ...]  # the formula's herbs the prescription holds (or holds an equivalent of)
-    missing: tuple[str, ...]  # the formula's vocabulary herbs it lacks
+    missing: tuple[str, ...]  # the formula's vocabulary herbs it lacks, neither held nor substituted
     added: tuple[str, ...] = ()  # the prescription's herbs that stand for none of the formula's
+    substituted: tuple[tuple[str, str], ...] = ()  # (formula herb, the other drug the prescription holds for it)
 
     def modification(self) -> str:
-        """The prescription as the formula modified (加减): `麻黄汤加减：+石膏 −杏仁`, or `麻黄汤原方`."""
-        changes = [*(f"+{h}" for h in self.added), *(f"−{h}" for h in self.missing)]
+        """The prescription as the formula modified (加减): `四君子汤加减：党参代人参 +黄芪 −白术`, or `麻黄汤原方`."""
+        changes = [*(f"{sub}代{herb}" for herb, sub in self.substituted), *(f"+{h}" for h in self.added),
+                   *(f"−{h}" for h in self.missing)]
         return f"{self.formula.name}加减：{' '.join(changes)}" if changes else f"{self.formula.name}原方"
 
     def to_dict(self) -> dict:
         f = self.formula
         return {"formula": f.name, "source_book": f.source_book, "formula_herbs": list(f.herbs),
                 "present": list(self.present), "added": list(self.added), "removed": list(self.missing),
+                "substituted": [{"formula_herb": herb, "herb": sub} for herb, sub in self.substituted],
                 "not_in_vocab": list(f.not_in_vocab), "modification": self.modification(), "text": self.describe()}
 
     def describe(self) -> str:
-        """One line for the practitioner: `类方：麻黄汤（《伤寒论》：麻黄、桂枝、炙甘草、杏仁），本方全含。`"""
+        """One line for the practitioner: `类方：麻黄汤（《伤寒论》：麻黄、桂枝、炙甘草、杏仁），本方全含。`; a
+        substitution is said, not counted as the formula's herb: `本方含其三味，以党参代人参。`"""
         f = self.formula
-        held = "本方全含" if not self.missing else f"本方含其{count(len(self.present))}味，缺{'、'.join(self.missing)}"
+        whole = not self.missing and not self.substituted
+        held = "本方全含" if whole else f"本方含其{count(len(self.present))}味"
+        held += "".join(f"，以{sub}代{herb}" for herb, sub in self.substituted)
+        held += f"，缺{'、'.join(self.missing)}" if self.missing else ""
         absent = f"；原方另有{'、'.join(f.not_in_vocab)}，词表未收" if f.not_in_vocab else ""
         return f"类方：{f.name}（《{f.source_book}》：{'、'.join(f.herbs)}），{held}{absent}。"
 
@@ -101,6 +110,14 @@ def equivalents() -> dict[str, frozenset[str]]:
                 for row in csv.DictReader(f)}
 
 
+@lru_cache(maxsize=1)
+def substitutes() -> dict[str, str]:
+    """For a formula herb, the other drug (its one name) that practice commonly writes in its place."""
+    v = vocab()
+    with SUBSTITUTES_FILE.open(encoding="utf-8", newline="") as f:
+        return {row["formula_herb"]: v.identity(row["substitute"]) for row in csv.DictReader(f)}
+
+
 def folded(name: str) -> str:
     """A formula name or its pinyin as compared: without tone marks, spaces or case (má huáng tāng -> mahuangtang)."""
     plain = "".join(c for c in unicodedata.normalize("NFD", name) if not unicodedata.combining(c))
@@ -123,20 +140,26 @@ def formula_named(name: str) -> Formula:
 
 
 def resembled(herbs: list[str]) -> Resemblance | None:
-    """The classical formula the prescription holds most herbs of, whole, or short of one herb when the formula has
-    MIN_HERBS_FOR_A_GAP or more; at least MIN_DISTINCTIVE of them besides COMMON_HERBS. Ties: fewer missing, then
-    the table's order (the classical books first). None when no formula qualifies."""
+    """The classical formula the prescription holds most herbs of (a common substitute, 党参 for 人参, standing in for
+    one), whole, or short of one herb when the formula has MIN_HERBS_FOR_A_GAP or more; at least MIN_DISTINCTIVE of
+    them besides COMMON_HERBS. Ties: fewer missing, then fewer substituted, then the table's order (the classical
+    books first). None when no formula qualifies."""
     v = vocab()
     held = {v.identity(h) for h in herbs}
-    best = None
+    best, best_key = None, None
     for formula in formulas():
         accepted = [equivalents().get(h, frozenset({v.identity(h)})) for h in formula.herbs]
         present = tuple(h for h, ok in zip(formula.herbs, accepted, strict=True) if ok & held)
-        missing = tuple(h for h in formula.herbs if h not in present)
+        substituted = tuple((h, substitutes()[h]) for h in formula.herbs
+                            if h not in present and substitutes().get(h) in held)
+        missing = tuple(h for h in formula.herbs if h not in present and h not in dict(substituted))
         gap_allowed = 1 if len(formula.herbs) >= MIN_HERBS_FOR_A_GAP else 0
-        if len(missing) > gap_allowed or len(set(present) - COMMON_HERBS) < MIN_DISTINCTIVE:
+        stood_for = {*present, *dict(substituted)}
+        if len(missing) > gap_allowed or len(stood_for - COMMON_HERBS) < MIN_DISTINCTIVE:
             continue
-        if best is None or (len(present), -len(missing)) > (len(best.present), -len(best.missing)):
-            covered = set().union(*(ok for ok in accepted))
-            best = Resemblance(formula, present, missing, tuple(h for h in herbs if v.identity(h) not in covered))
+        key = (len(stood_for), -len(missing), -len(substituted))
+        if best_key is None or key > best_key:
+            covered = set().union(*accepted, (sub for _, sub in substituted))
+            best, best_key = Resemblance(formula, present, missing, tuple(h for h in herbs if v.identity(h) not in
+                                                                          covered), substituted), key
     return best

@@ -1,6 +1,6 @@
 import pytest
 
-from rxapp.formulas import Resemblance, count, formulas, resembled
+from rxapp.formulas import Resemblance, count, formulas, resembled, substitutes
 from rxapp.vocab import vocab
 
 
@@ -59,3 +59,23 @@ def test_a_prescription_is_named_as_the_formula_modified():
     record = found.to_dict()
     assert record["formula"] == "麻黄汤" and record["added"] == ["石膏", "桔梗"] and record["removed"] == []
     assert record["text"] == found.describe()
+
+
+def test_a_common_substitute_stands_in_for_a_formula_herb_and_is_said():
+    # 党参 is another drug than 人参 (never one name), written in its place by modern practice
+    assert substitutes() == {"人参": "党参"} and vocab().identity("党参") != vocab().identity("人参")
+    found = resembled(["党参", "白术", "茯苓", "甘草"])
+    assert found.formula.name == "四君子汤" and found.substituted == (("人参", "党参"),) and not found.missing
+    assert set(found.present) == {"白术", "茯苓", "炙甘草"} and found.added == ()
+    assert found.describe().endswith("本方含其三味，以党参代人参。")
+    assert found.modification() == "四君子汤加减：党参代人参"
+    assert found.to_dict()["substituted"] == [{"formula_herb": "人参", "herb": "党参"}]
+
+
+def test_the_formula_herb_itself_is_preferred_to_its_substitute():
+    found = resembled(["人参", "党参", "白术", "茯苓", "甘草"])
+    assert found.substituted == () and found.added == ("党参",) and found.modification() == "四君子汤加减：+党参"
+    # a substitute does not make a formula that lacks another herb whole: 小柴胡汤 without 大枣, 党参 for 人参
+    found = resembled(["柴胡", "黄芩", "党参", "半夏", "甘草", "生姜"])
+    assert found.formula.name == "小柴胡汤" and found.missing == ("大枣",)
+    assert found.describe().endswith("本方含其五味，以党参代人参，缺大枣。")
