@@ -37,10 +37,17 @@ class HerbFacts:
     kg_taboos: tuple[str, ...]  # KG 禁忌 notes: noisy, shown as notes, never used as safety rules
 
     def summary(self, max_effects: int = 6) -> str:
-        """One line for a herb card: 功效 …；性味 …；归经 …"""
+        """One line for a herb card: 功效 …；性味 …；归经 …. The 功效 are the herb's textbook main actions where it has
+        curated ones (main_actions.csv, each row sourced; a row not verified says so), else the knowledge graph's
+        effects, headed 功效主治: the graph mixes actions with indications in no meaningful order (甘草: 补脾益气、
+        气短、腰痛 …)."""
         parts = []
-        if self.effects:
-            parts.append("功效 " + "、".join(self.effects[:max_effects]))
+        curated = main_actions().get(self.herb)
+        if curated:
+            unverified = "" if curated.verified else "（未核实）"
+            parts.append("功效 " + "、".join(curated.actions[:max_effects]) + unverified)
+        elif self.effects:
+            parts.append("功效主治 " + "、".join(self.effects[:max_effects]))
         if self.nature or self.flavour:
             parts.append("性味 " + "、".join(self.flavour + self.nature))
         if self.channels:

@@ -1,3 +1,4 @@
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -23,8 +24,23 @@ def test_facts_of_a_well_known_herb():
 
 def test_family_fallback_and_missing_entries_are_explicit():
     assert (facts_for("瓜蒌皮").kg_name, facts_for("瓜蒌皮").kg_match) == ("瓜蒌", "family")
-    missing = facts_for("芍药")
-    assert missing.kg_match is None and missing.summary() == NO_RECORD
+    missing = facts_for("萝卜")  # neither a graph entry nor curated main actions
+    assert missing.kg_match is None and "萝卜" not in main_actions() and missing.summary() == NO_RECORD
+    # no graph entry, but curated actions: the card says them
+    assert facts_for("芍药").kg_match is None
+    assert facts_for("芍药").summary() == "功效 养血调经、敛阴止汗、柔肝止痛、平抑肝阳"
+
+
+def test_a_card_says_the_textbook_actions_where_they_are_curated_else_the_graphs_mixed_list():
+    # the graph lists 甘草's actions among indications (补脾益气、气短、腰痛 …); the card gives the textbook's
+    assert facts_for("甘草").summary().startswith("功效 补脾益气、清热解毒、祛痰止咳、缓急止痛、调和诸药；性味 甘、平")
+    assert "蝼蛄" not in main_actions() and facts_for("蝼蛄").summary().startswith("功效主治 ")
+
+
+def test_a_card_marks_curated_actions_not_verified(monkeypatch):
+    row = dataclasses.replace(main_actions()["甘草"], verified=False)
+    monkeypatch.setattr(knowledge_module, "main_actions", lambda: {"甘草": row})
+    assert facts_for("甘草").summary().startswith("功效 补脾益气、清热解毒、祛痰止咳、缓急止痛、调和诸药（未核实）；")
     assert facts_for("炒白术").herb == "白术"
     assert facts_for("不存在的药") is None
 
