@@ -345,7 +345,8 @@ def cooccurrence_revision(cases: Sequence[RevisionCase], scores: np.ndarray, rem
 
 def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper: str | None = None,
                       wrong: str = "plausible") -> dict:
-    """A model revising each case's corrupted draft through the app's stepper (greedy, screen off): Jaccard of the
+    """A model revising each case's corrupted draft through the app's stepper (greedy, screen off, no safety
+    removals: the model's own revision): Jaccard of the
     draft, of the model's revision and of the co-occurrence revision against the doctors' list, with paired
     intervals; removal precision (removed herbs that were wrong; a random removal scores 2/|draft|); and the share
     of dropped herbs the model restored. Drafts too long for the model's context are left out (`too_long`)."""
@@ -356,7 +357,8 @@ def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper:
     cases, finals, too_long = revision_cases(split, limit, wrong), [], 0
     with load_backend(path, stepper or ("llama" if path.suffix == ".gguf" else "hf")) as backend:
         for case in tqdm(cases, desc=f"revise {path.name}", unit="case", disable=None):
-            events = recommend(backend, case.record.symptoms, Patient(), StepperConfig(screen_weight=0.0),
+            events = recommend(backend, case.record.symptoms, Patient(),
+                               StepperConfig(screen_weight=0.0, remove_severe=False),
                                Draft(case.corruption.draft, ()))
             try:
                 finals.append(next(e for e in events if isinstance(e, Recommendation)))

@@ -15,7 +15,7 @@ from rxapp.drugs import MedicationInputError
 from rxapp.formulas import FormulaInputError
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.safety import DoseError, Patient, check_safety_weight, interaction_summary, parse_doses, rules
-from rxapp.stepper import STEP_WORDS, UNREVISED, StepperConfig
+from rxapp.stepper import SAFETY_NOTE, STEP_WORDS, UNREVISED, StepperConfig
 from rxapp.vocab import HerbInputError, SymptomInputError, split_herb_list, vocab
 
 
@@ -46,6 +46,7 @@ def recommendation_json(case_id, text: str, pregnant: bool, backend, cfg, medica
         "draft_warnings": [w.to_dict() for w in final.draft_warnings], "unrevised": final.unrevised,
         "steps": [{"index": s.index, "action": s.action, "herb": s.herb, "name": s.name, "explanation": s.explanation,
                    "facts": s.facts.summary() if s.facts else None, "probability": round(s.probability, 4),
+                   "safety": s.safety,
                    "warnings": [w.to_dict() for w in s.warnings]} for s in final.steps],
         "summary": final.summary, "interactions": interaction_summary(final.warnings),
         "formula": final.formula.describe() if final.formula else None,
@@ -119,7 +120,8 @@ def print_recommendation(out: dict) -> None:
             print(f"   [{w['severity']}] {w['message']}")
     print(out["analysis"])
     for step in out["steps"]:
-        print(f"{step['index']}. {STEP_WORDS[step['action']]} {step['name']}：{step['explanation']}")
+        note = SAFETY_NOTE if step["safety"] else ""
+        print(f"{step['index']}. {STEP_WORDS[step['action']]} {step['name']}{note}：{step['explanation']}")
         for w in step["warnings"]:
             print(f"   [{w['severity']}] " + ("解除: " if step["action"] == "remove" else "") + w["message"])
     if out["unrevised"]:

@@ -27,7 +27,7 @@ from rxapp.safety import (
     rules,
 )
 from rxapp.stepformat import NO_RECORD, render_analysis
-from rxapp.stepper import STEP_WORDS, UNREVISED, DraftCheck, Recommendation, Step, StepperConfig
+from rxapp.stepper import SAFETY_NOTE, STEP_WORDS, UNREVISED, DraftCheck, Recommendation, Step, StepperConfig
 from rxapp.stepper import recommend as recommend_steps
 from rxapp.vocab import SEPARATORS, HerbInputError, SymptomInputError, clean_text, split_herb_list, vocab
 
@@ -106,6 +106,7 @@ def step_card(step: Step) -> str:
     facts = step.facts.summary() if step.facts else NO_RECORD
     verb, style = STEP_WORDS[step.action], STEP_STYLE[step.action]
     title = f"{verb} · {e(step.name)}" if step.action == "draft" else f"第 {step.index} 步 · {verb} {e(step.name)}"
+    title += SAFETY_NOTE if step.safety else ""
     resolved = "<p style='margin:4px 0'><small>减去此药，解除：</small></p>" if step.action == "remove" and (
         step.warnings) else ""
     return (f'<div class="rx-step" data-action="{step.action}" style="{style};border-radius:8px;padding:8px 12px;'

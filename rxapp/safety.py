@@ -236,6 +236,13 @@ class SafetyRules:
             risks.setdefault(herb, []).extend(warnings)
         return risks
 
+    @cache  # noqa: B019 (one rule set per process)
+    def severe_herbs(self) -> frozenset[str]:
+        """Vocabulary herbs under a severe rule of their own whoever the patient (马兜铃酸): a screen that forbids
+        severe additions never adds them."""
+        return frozenset(h for h in vocab().herbs
+                         if any(w.severity == "severe" for w in self._herb_warnings(h, Patient())))
+
     @lru_cache(maxsize=64)  # noqa: B019 (asked at every step; keyed by a patient's drugs, so bounded: the app lives long)
     def _interaction_risks(self, drugs: tuple[Drug, ...]) -> dict[str, tuple[SafetyWarning, ...]]:
         """Each vocabulary herb that interacts with one of `drugs`, and those warnings (minor ones left out)."""
@@ -324,6 +331,21 @@ def interaction_summary(warnings: Iterable[SafetyWarning]) -> str:
     (`丹参、当归 与 华法林：出血风险`); empty when there are none."""
     return "；".join(f"{'、'.join(w.herbs)} 与 {drug_vocab().lookup(w.drug).label}：{w.interactions[0]['concern']}"
                     f"（{SEVERITY_WORD[w.severity]}）" for w in warnings if w.rule == INTERACTION_RULE)
+
+
+def removal_reason(herb: str, warnings: Iterable[SafetyWarning]) -> str:
+    """What removing `herb` ends, in one line, from the warnings it is named in: the reason of a removal the safety
+    check proposes (`妊娠禁用；十八反（半夏）`, `与华法林（warfarin）相互作用，出血风险`); a rule whose source is
+    unverified stays marked."""
+    reasons: dict[str, list[str]] = {}
+    for w in warnings:
+        if w.rule == INTERACTION_RULE:
+            rule = f"与{drug_vocab().lookup(w.drug).label}相互作用，{w.interactions[0]['concern']}"
+        else:
+            rule = w.rule
+        reasons.setdefault(rule + _unverified(w.verified), []).extend(
+            h for h in w.herbs if h != herb and w.rule != INTERACTION_RULE)
+    return "；".join(f"{rule}（{'、'.join(others)}）" if others else rule for rule, others in reasons.items())
 
 
 def _unverified(verified: bool) -> str:

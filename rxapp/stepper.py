@@ -14,15 +14,17 @@ beside it (rxapp.formulas), with the herbs added and removed against it.
 
 Revising a draft (rxapp.draft: a practitioner's herbs or a classical formula): the draft's herbs are written as the
 first 加 steps, each explained by the model as it explains its own, and checked at once (the `Draft` event comes
-first). Then at each step boundary the model adds (加) a herb not in the list, removes (减) one of the list, or
-stops; a removed herb is never added again. Only models trained on drafts revise them (REVISION_FORMAT).
+first). A severe conflict the draft holds (a 十八反/十九畏 pair, a herb forbidden in pregnancy, a major interaction
+with the patient's drugs) is then proposed for removal (减, `safety_removals`), as the screen never adds one. Then at
+each step boundary the model adds (加) a herb not in the list, removes (减) one of the list, or stops; a removed herb
+is never added again. Only models trained on drafts revise them (REVISION_FORMAT).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -35,10 +37,11 @@ from rxapp.formulas import Resemblance, resembled
 from rxapp.knowledge import HerbFacts, associated, knowledge
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.ranking import rank_herbs
-from rxapp.safety import Patient, SafetyWarning, check_safety_weight, rules, warnings_cost
+from rxapp.safety import Patient, SafetyWarning, check_safety_weight, removal_reason, rules, warnings_cost
 from rxapp.stepformat import (
     ADD,
     DRAFT,
+    EXPLANATION_MARK,
     REMOVE,
     REVISION_FORMAT,
     SUMMARY_HEADER,
@@ -55,6 +58,7 @@ from rxapp.vocab import vocab
 class StepperConfig:
     screen_weight: float = 4.0  # logit cost per broken rule (severe: twice); 0 leaves the model's choice untouched
     forbid_severe: bool = True  # severe additions are never made, whatever the screen weight
+    remove_severe: bool = True  # revising: the draft's severe conflicts are proposed for removal (safety_removals)
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
@@ -67,6 +71,7 @@ class StepperConfig:
 
 STEP_WORDS = {"draft": DRAFT, "add": ADD, "remove": REMOVE}  # how each kind of step is named to the practitioner
 UNREVISED = "模型未对初稿提出加减 The model proposes no change to the draft."  # a revision that stopped at once
+SAFETY_NOTE = "（安全核查提出）"  # how a removal the safety check proposed is marked, beside its 减
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Step:
     probability: float  # the model's probability of this herb here (after the safety penalties when it adds)
     elapsed_s: float  # since the recommendation started
     still_open: float | None = None  # when the greedy stop rule went on here, its open_chance; else None
+    safety: bool = False  # a removal the safety check proposed (a severe conflict of the draft), not the model's move
 
 
 @dataclass
@@ -174,7 +180,8 @@ def pool_names(herb_logits: np.ndarray) -> np.ndarray:
 
 def screen_costs(current: list[str], patient: Patient, cfg: StepperConfig) -> np.ndarray:
     """The decoding screen: the logit cost of adding each vocabulary herb (vocabulary order), the safety cost it would
-    bring (rxapp.safety.safety_cost) × the screen weight, ∞ for a forbidden one."""
+    bring (rxapp.safety.safety_cost) × the screen weight, ∞ for a forbidden one: one that would break a severe rule,
+    while `forbid_severe` is on."""
     cost = np.zeros(len(vocab().herbs))
     index = vocab().herb_id
     for herb, warnings in rules().addition_risks(current, patient).items():
@@ -182,6 +189,8 @@ def screen_costs(current: list[str], patient: Patient, cfg: StepperConfig) -> np
             cost[index[herb]] = math.inf
         else:
             cost[index[herb]] = cfg.screen_weight * warnings_cost(warnings)
+    if cfg.forbid_severe:  # a herb severe in itself (马兜铃酸), which the cost does not price
+        cost[[index[h] for h in rules().severe_herbs()]] = math.inf
     return cost
 
 
@@ -191,6 +200,26 @@ def addition_costs(current: list[str], patient: Patient, cfg: StepperConfig) -> 
     cost = screen_costs(current, patient, cfg)
     cost[[vocab().herb_id[h] for h in [*current, *vocab().second_names(current)]]] = math.inf
     return cost
+
+
+def severe_count(herbs: list[str], patient: Patient) -> int:
+    return sum(w.severity == "severe" for w in rules().check_prescription(herbs, patient))
+
+
+def safety_removals(herbs: Sequence[str], patient: Patient, fit: Callable[[str], float]) -> list[str]:
+    """The herbs of a draft to propose for removal, in order, so that no severe warning is left that removing one
+    of them ends: each time the herb whose removal ends the most, of those the one the model finds least likely
+    beside the rest of the draft (`fit`, asked only to break a tie)."""
+    held, out = list(herbs), []
+    while now := severe_count(held, patient):
+        ended = {h: now - severe_count([x for x in held if x != h], patient) for h in held}
+        most = max(ended.values())
+        if most <= 0:
+            break
+        herb = min((h for h in held if ended[h] == most), key=fit)
+        held.remove(herb)
+        out.append(herb)
+    return out
 
 
 def free_text(backend: Backend, ids: list[int], stop: set[int], limit: int, cfg: StepperConfig,
@@ -239,21 +268,27 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
     max_herbs = backend.stop_thresholds.most_herbs(draft is not None, cfg.max_herbs)
     tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
 
-    def step(action: str, herb: str, probability: float, still_open: float | None = None) -> Step:
-        """Write the step's marker and herb, let the model explain it, and keep it."""
+    def step(action: str, herb: str, probability: float, still_open: float | None = None, safety: bool = False
+             ) -> Step:
+        """Write the step's marker and herb, let the model explain it (a safety removal: the severe warnings it
+        ends explain it), and keep it."""
         before = result.herbs
         ids.extend([fmt.remove if action == "remove" else fmt.add, fmt.herbs[vocab().herb_id[herb]]])
-        explanation = free_text(backend, ids, {fmt.newline, backend.eos}, cfg.max_explanation_tokens, cfg, rng,
-                                claim_rule(tokenize, herb, symptoms, tie=action != "remove"),
-                                banned=[fmt.stop, fmt.remove])  # a step's marker, never text
+        warnings = ([w for w in rules().check_prescription(before, patient) if herb in w.herbs]
+                    if action == "remove" else rules().check_addition(before, herb, patient))
+        if safety:
+            reason = removal_reason(herb, [w for w in warnings if w.severity == "severe"])
+            explanation = [*tokenize(EXPLANATION_MARK + reason), fmt.newline]
+        else:
+            explanation = free_text(backend, ids, {fmt.newline, backend.eos}, cfg.max_explanation_tokens, cfg, rng,
+                                    claim_rule(tokenize, herb, symptoms, tie=action != "remove"),
+                                    banned=[fmt.stop, fmt.remove])  # a step's marker, never text
         if explanation[-1] != fmt.newline:  # cut short: the step line still ends here
             explanation = [t for t in explanation if t != backend.eos] + [fmt.newline]
         ids.extend(explanation)
         text = backend.detokenize(explanation).strip().lstrip("：:").strip()
-        warnings = ([w for w in rules().check_prescription(before, patient) if herb in w.herbs]
-                    if action == "remove" else rules().check_addition(before, herb, patient))
         made = Step(len(result.steps) + 1, action, herb, vocab().display_name(herb), text, knowledge().get(herb),
-                    warnings, probability, time.perf_counter() - started, still_open)
+                    warnings, probability, time.perf_counter() - started, still_open, safety)
         result.steps.append(made)
         return made
 
@@ -265,6 +300,23 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
                 raise DraftInputError(f"the draft is too long for this model's context ({backend.n_ctx} tokens)")
             scores = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
             yield step("draft", herb, float(np.exp(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))))
+        if cfg.remove_severe:
+            lines = np.split(np.asarray(ids[start:]), np.flatnonzero(np.asarray(ids[start:]) == fmt.newline)[:-1] + 1)
+
+            @cache
+            def fit(herb: str) -> float:
+                """The model's log-probability of adding `herb` where the rest of the draft stands (its lines)."""
+                rest = [h for h in draft.herbs if h != herb]
+                context = backend.prompt_ids(render_prompt(symptoms, patient.pregnant, rest)) + backend.tokenize(head)
+                context += [int(t) for h, line in zip(draft.herbs, lines, strict=True) if h != herb for t in line]
+                scores = pool_names(backend.logits([*context, fmt.add])[herb_tokens])
+                return float(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))
+
+            for herb in safety_removals(draft.herbs, patient, fit):
+                held = [vocab().herb_id[h] for h in result.herbs]
+                logits = backend.logits([*ids, fmt.remove])[herb_tokens][held]
+                p = float(np.exp(logits[held.index(vocab().herb_id[herb])] - np.logaddexp.reduce(logits)))
+                yield step("remove", herb, p, safety=True)
     while True:  # ids end with a newline: another step, or stop
         allowed = fmt.allowed(ids[start:], max_herbs, len(draft.herbs) if draft else 0)
         if result.steps and len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:

@@ -106,7 +106,8 @@ def revision_pass(backend: HFBackend, symptoms: Sequence[str], draft: Sequence[s
     MAX_REVISION_STEPS: the chance still open and the list at each boundary where the rule was asked, then the list
     at the end."""
     opens, lists, held, steps = [], [], list(draft), 0
-    for event in recommend(backend, symptoms, Patient(), StepperConfig(screen_weight=0.0), Draft(tuple(draft), ())):
+    cfg = StepperConfig(screen_weight=0.0, remove_severe=False)  # the model's own moves, which its threshold stops
+    for event in recommend(backend, symptoms, Patient(), cfg, Draft(tuple(draft), ())):
         if isinstance(event, Recommendation) or steps == MAX_REVISION_STEPS:
             break
         if isinstance(event, Step) and event.action != "draft":

@@ -22,7 +22,7 @@ def test_one_case_as_json(cli, micro_export):
     out = json.loads(result.stdout)
     assert {"id", "analysis", "steps", "summary", "formula", "warnings", "ranking"} <= out.keys()
     assert out["symptoms"] == ["咳嗽", "恶寒"] and out["pregnant"] is True
-    assert out["steps"] and {"action", "herb", "explanation", "facts", "warnings"} <= out["steps"][0].keys()
+    assert out["steps"] and {"action", "herb", "explanation", "facts", "warnings", "safety"} <= out["steps"][0].keys()
     herbs = [s["herb"] for s in out["steps"]]
     assert out["formula"] == (resembled(herbs).describe() if resembled(herbs) else None)
     forbidden = {h for h, warnings in rules().addition_risks([], Patient(pregnant=True)).items()

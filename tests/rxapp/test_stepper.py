@@ -23,7 +23,7 @@ from rxapp.modelinfo import (
     model_metadata,
     stop_thresholds,
 )
-from rxapp.safety import Patient
+from rxapp.safety import Patient, removal_reason, rules
 from rxapp.stepformat import explanation_claims, parse_response
 from rxapp.stepper import (
     DraftCheck,
@@ -33,6 +33,7 @@ from rxapp.stepper import (
     choose,
     pool_names,
     recommend,
+    safety_removals,
     screen_costs,
 )
 from rxapp.vocab import vocab
@@ -88,6 +89,8 @@ def test_screen_costs_forbids_severe_and_charges_its_weight_per_rule():
     lenient = screen_costs(["甘草"], Patient(), StepperConfig(screen_weight=3.0, forbid_severe=False))
     assert lenient[index["甘遂"]] == 6.0
     assert math.isinf(screen_costs([], Patient(pregnant=True), StepperConfig())[index["麝香"]])
+    assert math.isinf(screen_costs([], Patient(), StepperConfig())[index["青木香"]])  # 马兜铃酸: for anyone
+    assert screen_costs([], Patient(), StepperConfig(forbid_severe=False))[index["青木香"]] == 0.0
     assert screen_costs([], Patient(pregnant=False), StepperConfig())[index["麝香"]] == 0.0
 
 
@@ -227,6 +230,40 @@ def test_revising_a_draft_stops_by_the_models_revision_threshold(llama, monkeypa
     revised = revise(llama, list(record.symptoms), draft, max_herbs=8)
     assert not revised.unrevised and 0.0 < revised.steps[len(draft.herbs)].still_open < 1.0
     assert len(run(llama, list(record.symptoms))[1].herbs) == 1  # from nothing, 1.0 stops at the first boundary
+
+
+def test_the_safety_check_removes_the_herbs_that_end_the_most_severe_conflicts_then_the_least_likely():
+    pregnant, on_warfarin = Patient(pregnant=True), Patient.from_input(False, "华法林")
+    likely = {"附子": -5.0, "半夏": -1.0}.get  # the model's fit: 半夏 likelier beside the rest than 附子
+    assert safety_removals(["附子", "半夏", "杏仁"], Patient(), likely) == ["附子"]
+    assert safety_removals(["附子", "半夏", "杏仁"], Patient(), lambda h: -likely(h)) == ["半夏"]
+    # 附子 ends two (妊娠禁用, 十八反 with 半夏), 麝香 one; then 半夏 has no conflict left
+    assert safety_removals(["半夏", "麝香", "附子", "杏仁"], pregnant, likely) == ["附子", "麝香"]
+    assert safety_removals(["甘草", "甘遂", "大戟", "白芍"], Patient(), len) == ["甘草"]  # 反 both: one removal
+    # one warning names all three herbs; only without 丹参 (a major interaction) is it no longer severe
+    assert safety_removals(["当归", "丹参", "红花"], on_warfarin, len) == ["丹参"]
+    assert safety_removals(["麻黄", "桂枝", "杏仁"], pregnant, len) == []
+    assert safety_removals(["关木通", "猪苓", "茯苓"], Patient(), len) == ["关木通"]  # 马兜铃酸: for anyone
+    withdrawn = [w for w in rules().check_prescription(["关木通", "猪苓"], Patient()) if w.severity == "severe"]
+    assert removal_reason("关木通", withdrawn) == "马兜铃酸〔来源未核实〕"  # its source is marked unverified
+    ended = [w for w in rules().check_prescription(["当归", "丹参", "红花"], on_warfarin) if "丹参" in w.herbs]
+    assert removal_reason("丹参", ended) == "与华法林（warfarin）相互作用，出血风险"
+
+
+def test_a_drafts_severe_conflicts_are_removed_first_each_step_saying_what_it_ends(llama, monkeypatch):
+    monkeypatch.setattr(llama, "stop_thresholds", StopThresholds(scratch=0.0, revision=1.0))  # no move of its own
+    draft = read_draft("附子 半夏 麝香 杏仁")
+    final = revise(llama, ["咳嗽"], draft, pregnant=True)
+    assert [(s.action, s.herb, s.safety) for s in final.steps[len(draft.herbs):]] == [
+        ("remove", "附子", True), ("remove", "麝香", True)]
+    first, second = final.steps[len(draft.herbs):]
+    assert first.explanation == "妊娠禁用；十八反（半夏）" and second.explanation == "妊娠禁用"
+    assert {"妊娠禁用", "十八反"} <= {w.rule for w in first.warnings}  # shown as what the removal ends
+    assert final.herbs == ["半夏", "杏仁"] and not final.unrevised
+    assert not any(w.severity == "severe" for w in final.warnings)
+    assert "减附子：妊娠禁用；十八反（半夏）\n" in final.text  # written in the step format the model reads on
+    alone = revise(llama, ["咳嗽"], draft, pregnant=True, remove_severe=False)  # the model's own revision
+    assert alone.unrevised and alone.herbs == list(draft.herbs)
 
 
 def test_a_model_that_declares_no_revision_threshold_revises_with_its_own():
