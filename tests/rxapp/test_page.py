@@ -78,6 +78,15 @@ def test_a_formula_is_checked_and_shown_first_then_revised_and_saved_with_its_dr
     assert final.prescription.split("、") == left  # the draft with the model's additions, less its removals
 
 
+def test_a_drafts_severe_conflict_is_proposed_for_removal_on_a_card_that_says_so(engine, store):
+    pregnant = (True, *SETTINGS[1:])  # 四逆汤's 附子 is forbidden in pregnancy
+    *_, final = page.recommend(engine, store, "四肢厥冷 腹痛", [], *pregnant, None, "", "四逆汤")
+    assert "第 4 步 · 减 附子（安全核查提出）" in final.html and "减去此药，解除：" in final.html
+    assert final.steps[0] == "4 减 附子" and "附子" not in final.prescription.split("、")
+    step = store.session(final.session_id)["steps"][3]
+    assert (step["action"], step["herb"], step["explanation"]) == ("remove", "附子", "妊娠禁用")
+
+
 @pytest.mark.parametrize(("start", "formula", "expected"), [("", "麻皇汤", "麻黄汤"), ("麻黄", "麻黄汤", "not both")])
 def test_a_draft_it_cannot_read_gets_a_message_and_nothing_is_saved(engine, store, start, formula, expected):
     [update] = page.recommend(engine, store, "咳嗽", [], *SETTINGS, None, start, formula)
