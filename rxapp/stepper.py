@@ -14,10 +14,10 @@ beside it (rxapp.formulas), with the herbs added and removed against it.
 
 Revising a draft (rxapp.draft: a practitioner's herbs or a classical formula): the draft's herbs are written as the
 first 加 steps, each explained by the model as it explains its own, and checked at once (the `Draft` event comes
-first). A severe conflict the draft holds (a 十八反/十九畏 pair, a herb forbidden in pregnancy, a major interaction
-with the patient's drugs) is then proposed for removal (减, `safety_removals`), as the screen never adds one. Then at
-each step boundary the model adds (加) a herb not in the list, removes (减) one of the list, or stops; a removed herb
-is never added again. Only models trained on drafts revise them (REVISION_FORMAT).
+first). A severe conflict the draft holds (a 十八反 pair, a herb forbidden in pregnancy, an aristolochic-acid herb,
+a major interaction with the patient's drugs) is then proposed for removal (减, `safety_removals`), as the screen
+never adds one. Then at each step boundary the model adds (加) a herb not in the list, removes (减) one of the list,
+or stops; a removed herb is never added again. Only models trained on drafts revise them (REVISION_FORMAT).
 """
 
 from __future__ import annotations
@@ -203,7 +203,10 @@ def addition_costs(current: list[str], patient: Patient, cfg: StepperConfig) -> 
 
 
 def severe_count(herbs: list[str], patient: Patient) -> int:
-    return sum(w.severity == "severe" for w in rules().check_prescription(herbs, patient))
+    """The severe warnings of a list, each herb's interaction with the patient's drugs counted on its own (the
+    prescription's check groups all herbs of one concern, which two major herbs would keep severe without either)."""
+    return sum(w.severity == "severe" for i, herb in enumerate(herbs)
+               for w in rules().check_addition(herbs[:i], herb, patient))
 
 
 def safety_removals(herbs: Sequence[str], patient: Patient, fit: Callable[[str], float]) -> list[str]:

@@ -242,6 +242,9 @@ def test_the_safety_check_removes_the_herbs_that_end_the_most_severe_conflicts_t
     assert safety_removals(["甘草", "甘遂", "大戟", "白芍"], Patient(), len) == ["甘草"]  # 反 both: one removal
     # one warning names all three herbs; only without 丹参 (a major interaction) is it no longer severe
     assert safety_removals(["当归", "丹参", "红花"], on_warfarin, len) == ["丹参"]
+    # two major herbs in that one warning: each is removed, the less likely first
+    likelier_danshen = {"丹参": -1.0, "枸杞子": -3.0}.get
+    assert safety_removals(["丹参", "当归", "枸杞子"], on_warfarin, likelier_danshen) == ["枸杞子", "丹参"]
     assert safety_removals(["麻黄", "桂枝", "杏仁"], pregnant, len) == []
     assert safety_removals(["关木通", "猪苓", "茯苓"], Patient(), len) == ["关木通"]  # 马兜铃酸: for anyone
     withdrawn = [w for w in rules().check_prescription(["关木通", "猪苓"], Patient()) if w.severity == "severe"]
