@@ -267,6 +267,10 @@ def test_a_drafts_severe_conflicts_are_removed_first_each_step_saying_what_it_en
     assert "减附子：妊娠禁用；十八反（半夏）\n" in final.text  # written in the step format the model reads on
     alone = revise(llama, ["咳嗽"], draft, pregnant=True, remove_severe=False)  # the model's own revision
     assert alone.unrevised and alone.herbs == list(draft.herbs)
+    # not pregnant, removing either of the pair ends it: the model's fit beside the rest of the draft decides
+    [removal] = [s for s in revise(llama, ["咳嗽"], read_draft("附子 半夏 杏仁")).steps if s.safety]
+    other = ({"附子", "半夏"} - {removal.herb}).pop()
+    assert removal.explanation == f"十八反（{other}）" and 0.0 < removal.probability <= 1.0
 
 
 def test_a_model_that_declares_no_revision_threshold_revises_with_its_own():
