@@ -71,6 +71,7 @@ class StepperConfig:
 
 STEP_WORDS = {"draft": DRAFT, "add": ADD, "remove": REMOVE}  # how each kind of step is named to the practitioner
 UNREVISED = "模型未对初稿提出加减 The model proposes no change to the draft."  # a revision that stopped at once
+UNREVISED_AFTER_SAFETY = "模型未再提出加减 The model proposes no change beyond the safety check's."
 SAFETY_NOTE = "（安全核查提出）"  # how a removal the safety check proposed is marked, beside its 减
 
 
@@ -119,8 +120,9 @@ class Recommendation:
 
     @property
     def unrevised(self) -> bool:
-        """A revision whose stop rule kept the draft as it was: no 加 and no 减."""
-        return self.draft is not None and all(s.action == "draft" for s in self.steps)
+        """A revision whose stop rule kept the draft as it was: no 加 and no 减 of the model's own (the safety check's
+        removals aside)."""
+        return self.draft is not None and all(s.action == "draft" or s.safety for s in self.steps)
 
     @property
     def herbs(self) -> list[str]:

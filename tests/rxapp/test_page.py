@@ -82,6 +82,7 @@ def test_a_drafts_severe_conflict_is_proposed_for_removal_on_a_card_that_says_so
     pregnant = (True, *SETTINGS[1:])  # 四逆汤's 附子 is forbidden in pregnancy
     *_, final = page.recommend(engine, store, "四肢厥冷 腹痛", [], *pregnant, None, "", "四逆汤")
     assert "第 4 步 · 减 附子（安全核查提出）" in final.html and "减去此药，解除：" in final.html
+    assert page.UNREVISED not in final.html  # after the safety check's removal, "no change to the draft" is untrue
     assert final.steps[0] == "4 减 附子" and "附子" not in final.prescription.split("、")
     step = store.session(final.session_id)["steps"][3]
     assert (step["action"], step["herb"], step["explanation"]) == ("remove", "附子", "妊娠禁用")

@@ -262,7 +262,7 @@ def test_a_drafts_severe_conflicts_are_removed_first_each_step_saying_what_it_en
     first, second = final.steps[len(draft.herbs):]
     assert first.explanation == "妊娠禁用；十八反（半夏）" and second.explanation == "妊娠禁用"
     assert {"妊娠禁用", "十八反"} <= {w.rule for w in first.warnings}  # shown as what the removal ends
-    assert final.herbs == ["半夏", "杏仁"] and not final.unrevised
+    assert final.herbs == ["半夏", "杏仁"] and final.unrevised  # the model itself proposed nothing
     assert not any(w.severity == "severe" for w in final.warnings)
     assert "减附子：妊娠禁用；十八反（半夏）\n" in final.text  # written in the step format the model reads on
     alone = revise(llama, ["咳嗽"], draft, pregnant=True, remove_severe=False)  # the model's own revision
