@@ -244,10 +244,11 @@ def train_sft(cfg: PipelineConfig, run_folder: RunFolder, resume: bool = False) 
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": sft.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=sft.lr)
+    loss_cases = validation[: sft.validation_loss_cases]  # the validation loss is only logged
     run = Training(cfg, model, tokenizer, optimizer,
               torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, *schedule)), validation,
-              encode_all(tokenizer, validation, [e["response"] for e in validation], cfg, order_free,
-                         teacher_priors(teacher, validation)),
+              encode_all(tokenizer, loss_cases, [e["response"] for e in loss_cases], cfg, order_free,
+                         teacher_priors(teacher, loss_cases)),
               herb_ids, out_dir, device, rank_ == 0,
               {"epoch": 0, "step": 0, "best": -1.0, "bad_evals": 0, "stopped": False, "log": []})
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ def test_the_herb_lists_must_be_raw_or_clean(tmp_path):
     ("grpo:\n  start: small\n", "grpo: start must be sft or dpo, got 'small'"),
     ("grpo:\n  revision_share: 1.5\n", "grpo: revision_share must be between 0 and 1, got 1.5"),
     ("sft:\n  precision: fp16\n", "sft: precision must be auto, bf16 or fp32, got 'fp16'"),
+    ("sft:\n  validation_loss_cases: 0\n", "sft: validation_loss_cases must be at least 1 (or null: all), got 0"),
     ("evaluate:\n  tradeoff_alphas: [0, -1]\n", "evaluate: each of tradeoff_alphas must be a finite number ≥ 0"),
 ])
 def test_a_value_of_the_wrong_type_is_one_line_naming_its_key(tmp_path, setting, message):
