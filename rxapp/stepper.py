@@ -227,6 +227,18 @@ def safety_removals(herbs: Sequence[str], patient: Patient, fit: Callable[[str],
     return out
 
 
+def draft_fit(backend: Backend, symptoms: Sequence[str], pregnant: bool, lines: dict[str, Sequence[int]],
+              herb: str) -> float:
+    """The model's log-probability of adding `herb` of a draft where the rest of the draft stands: named as the
+    draft (初稿) and written as its lines (`lines`: each draft herb's step tokens, in the draft's order)."""
+    rest = [h for h in lines if h != herb]
+    context = backend.prompt_ids(render_prompt(symptoms, pregnant, rest)) + backend.tokenize(
+        steps_prefix(render_analysis(symptoms)))
+    context += [int(t) for h in rest for t in lines[h]]
+    scores = pool_names(backend.logits([*context, backend.format.add])[list(backend.format.herbs)])
+    return float(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))
+
+
 def free_text(backend: Backend, ids: list[int], stop: set[int], limit: int, cfg: StepperConfig,
               rng: np.random.Generator, rule: ClaimRule | None = None, banned: Sequence[int] = ()) -> list[int]:
     """Tokens decoded until one of `stop` (included) or `limit` tokens, never a `banned` one; where `rule` allows
@@ -306,18 +318,12 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
             scores = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
             yield step("draft", herb, float(np.exp(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))))
         if cfg.remove_severe:
-            lines = np.split(np.asarray(ids[start:]), np.flatnonzero(np.asarray(ids[start:]) == fmt.newline)[:-1] + 1)
-
-            @cache
-            def fit(herb: str) -> float:
-                """The model's log-probability of adding `herb` where the rest of the draft stands (its lines)."""
-                rest = [h for h in draft.herbs if h != herb]
-                context = backend.prompt_ids(render_prompt(symptoms, patient.pregnant, rest)) + backend.tokenize(head)
-                context += [int(t) for h, line in zip(draft.herbs, lines, strict=True) if h != herb for t in line]
-                scores = pool_names(backend.logits([*context, fmt.add])[herb_tokens])
-                return float(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))
-
+            lines = dict(zip(draft.herbs, np.split(ids[start:], np.flatnonzero(np.asarray(ids[start:]) == fmt.newline)
+                                                   [:-1] + 1), strict=True))
+            fit = cache(lambda herb: draft_fit(backend, symptoms, patient.pregnant, lines, herb))
             for herb in safety_removals(draft.herbs, patient, fit):
+                if len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
+                    raise DraftInputError(f"the draft is too long for this model's context ({backend.n_ctx} tokens)")
                 held = [vocab().herb_id[h] for h in result.herbs]
                 logits = backend.logits([*ids, fmt.remove])[herb_tokens][held]
                 p = float(np.exp(logits[held.index(vocab().herb_id[herb])] - np.logaddexp.reduce(logits)))
