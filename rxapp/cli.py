@@ -15,7 +15,7 @@ from rxapp.drugs import MedicationInputError
 from rxapp.formulas import FormulaInputError
 from rxapp.modelinfo import ModelMismatchError
 from rxapp.safety import DoseError, Patient, check_safety_weight, interaction_summary, parse_doses, rules
-from rxapp.stepper import SAFETY_NOTE, STEP_WORDS, UNREVISED, UNREVISED_AFTER_SAFETY, StepperConfig
+from rxapp.stepper import SAFETY_NOTE, STEP_WORDS, StepperConfig, unrevised_note
 from rxapp.vocab import HerbInputError, SymptomInputError, split_herb_list, vocab
 
 
@@ -125,7 +125,7 @@ def print_recommendation(out: dict) -> None:
         for w in step["warnings"]:
             print(f"   [{w['severity']}] " + ("解除: " if step["action"] == "remove" else "") + w["message"])
     if out["unrevised"]:
-        print(UNREVISED_AFTER_SAFETY if any(step["safety"] for step in out["steps"]) else UNREVISED)
+        print(unrevised_note(any(step["safety"] for step in out["steps"])))
     print("方解: " + out["summary"])
     if out["interactions"]:
         print("与所服西药: " + out["interactions"])

@@ -30,12 +30,11 @@ from rxapp.stepformat import NO_RECORD, render_analysis
 from rxapp.stepper import (
     SAFETY_NOTE,
     STEP_WORDS,
-    UNREVISED,
-    UNREVISED_AFTER_SAFETY,
     DraftCheck,
     Recommendation,
     Step,
     StepperConfig,
+    unrevised_note,
 )
 from rxapp.stepper import recommend as recommend_steps
 from rxapp.vocab import SEPARATORS, HerbInputError, SymptomInputError, clean_text, split_herb_list, vocab
@@ -159,8 +158,7 @@ def recommendation_html(analysis: str, cards: list[str], final: Recommendation |
         parts.append("<p><i>生成中…</i></p>")
     else:
         if final.unrevised:
-            note = UNREVISED_AFTER_SAFETY if any(s.safety for s in final.steps) else UNREVISED
-            parts.append(f"<p class='rx-unrevised'>{e(note)}</p>")
+            parts.append(f"<p class='rx-unrevised'>{e(unrevised_note(any(s.safety for s in final.steps)))}</p>")
         kept = [s for s in final.steps if s.action != "remove" and s.herb in final.herbs]
         rows = "".join(f"<tr><td>{i}</td><td>{e(s.name)}</td><td>{e(s.facts.summary(3) if s.facts else '')}"
                        f"</td></tr>" for i, s in enumerate(kept, 1))

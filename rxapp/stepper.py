@@ -72,6 +72,12 @@ class StepperConfig:
 STEP_WORDS = {"draft": DRAFT, "add": ADD, "remove": REMOVE}  # how each kind of step is named to the practitioner
 UNREVISED = "模型未对初稿提出加减 The model proposes no change to the draft."  # a revision that stopped at once
 UNREVISED_AFTER_SAFETY = "模型未再提出加减 The model proposes no change beyond the safety check's."
+
+
+def unrevised_note(safety_removed: bool) -> str:
+    """What the page and the CLI say of a revision in which the model made no move of its own."""
+    return UNREVISED_AFTER_SAFETY if safety_removed else UNREVISED
+
 SAFETY_NOTE = "（安全核查提出）"  # how a removal the safety check proposed is marked, beside its 减
 
 
@@ -170,6 +176,11 @@ def other_names() -> tuple[np.ndarray, np.ndarray]:
             np.array([v.herb_id[c] for c in v.canonical.values()], dtype=int))
 
 
+def log_share(scores: np.ndarray, index: int) -> float:
+    """The log-probability of entry `index` when `scores` are logits over the choices."""
+    return float(scores[index] - np.logaddexp.reduce(scores))
+
+
 def pool_names(herb_logits: np.ndarray) -> np.ndarray:
     """Herb logits (vocabulary order) with each drug's other names folded into its one name (log-sum-exp of their
     probabilities); the other names become impossible."""
@@ -236,7 +247,7 @@ def draft_fit(backend: Backend, symptoms: Sequence[str], pregnant: bool, lines: 
         steps_prefix(render_analysis(symptoms)))
     context += [int(t) for h in rest for t in lines[h]]
     scores = pool_names(backend.logits([*context, backend.format.add])[list(backend.format.herbs)])
-    return float(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))
+    return log_share(scores, vocab().herb_id[herb])
 
 
 def free_text(backend: Backend, ids: list[int], stop: set[int], limit: int, cfg: StepperConfig,
@@ -316,7 +327,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
             if len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
                 raise DraftInputError(f"the draft is too long for this model's context ({backend.n_ctx} tokens)")
             scores = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
-            yield step("draft", herb, float(np.exp(scores[vocab().herb_id[herb]] - np.logaddexp.reduce(scores))))
+            yield step("draft", herb, math.exp(log_share(scores, vocab().herb_id[herb])))
         if cfg.remove_severe:
             lines = dict(zip(draft.herbs, np.split(ids[start:], np.flatnonzero(np.asarray(ids[start:]) == fmt.newline)
                                                    [:-1] + 1), strict=True))
@@ -326,8 +337,7 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
                     raise DraftInputError(f"the draft is too long for this model's context ({backend.n_ctx} tokens)")
                 held = [vocab().herb_id[h] for h in result.herbs]
                 logits = backend.logits([*ids, fmt.remove])[herb_tokens][held]
-                p = float(np.exp(logits[held.index(vocab().herb_id[herb])] - np.logaddexp.reduce(logits)))
-                yield step("remove", herb, p, safety=True)
+                yield step("remove", herb, math.exp(log_share(logits, held.index(vocab().herb_id[herb]))), safety=True)
     while True:  # ids end with a newline: another step, or stop
         allowed = fmt.allowed(ids[start:], max_herbs, len(draft.herbs) if draft else 0)
         if result.steps and len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:

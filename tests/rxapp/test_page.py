@@ -14,6 +14,7 @@ import pytest
 from rxapp import page
 from rxapp.engine import Engine, model_card
 from rxapp.feedback import EXPORT_FIELDS, FeedbackStore, SessionRecord
+from rxapp.stepper import UNREVISED
 from tests.rxapp.conftest import feedback_rows
 
 SETTINGS = (False, "未填", "未填", "", 4.0, 20, page.DECODING[0], 0.7, 0)  # pregnant, age, sex, notes, screen, …
@@ -70,7 +71,7 @@ def test_a_formula_is_checked_and_shown_first_then_revised_and_saved_with_its_dr
     assert "初稿 · 麻黄汤（《伤寒论》）" in streamed[0].html and "rx-step" not in streamed[0].html  # checked first
     assert final.html.count('data-action="draft"') == 4 and "类方：" in final.html
     assert all(label.split()[1] in ("加", "减") for label in final.steps)  # the draft's own herbs are not reviewed
-    assert (page.UNREVISED in final.html) == (not final.steps)  # a revision that stopped at once says so
+    assert (UNREVISED in final.html) == (not final.steps)  # a revision that stopped at once says so
     saved = store.session(final.session_id)
     assert saved["draft"]["formula"] == "麻黄汤" and [s["action"] for s in saved["steps"]][:4] == ["draft"] * 4
     left = [s["herb"] for s in saved["steps"] if s["action"] != "remove"]
@@ -82,7 +83,7 @@ def test_a_drafts_severe_conflict_is_proposed_for_removal_on_a_card_that_says_so
     pregnant = (True, *SETTINGS[1:])  # 四逆汤's 附子 is forbidden in pregnancy
     *_, final = page.recommend(engine, store, "四肢厥冷 腹痛", [], *pregnant, None, "", "四逆汤")
     assert "第 4 步 · 减 附子（安全核查提出）" in final.html and "减去此药，解除：" in final.html
-    assert page.UNREVISED not in final.html  # after the safety check's removal, "no change to the draft" is untrue
+    assert UNREVISED not in final.html  # after the safety check's removal, "no change to the draft" is untrue
     assert final.steps[0] == "4 减 附子" and "附子" not in final.prescription.split("、")
     step = store.session(final.session_id)["steps"][3]
     assert (step["action"], step["herb"], step["explanation"]) == ("remove", "附子", "妊娠禁用")
