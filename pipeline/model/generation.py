@@ -10,6 +10,7 @@ cites what the app's claim rule allows (rxapp.decoding.claim_rule: the herb's ac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 import torch
 from tqdm import tqdm
@@ -27,7 +28,8 @@ class StepConstraints(LogitsProcessor):
     the symptoms an explanation's claims may name, as in the app's stepper."""
 
     def __init__(self, tokenizer, start: int, symptom_sets: Sequence[Sequence[str]], stop: StopThresholds) -> None:
-        self.tokenize = lambda text: tokenizer.encode(text, add_special_tokens=False)
+        # memoised: the claim rules encode the same actions and symptoms again for every row and herb
+        self.tokenize = cache(lambda text: tuple(tokenizer.encode(text, add_special_tokens=False)))
         self.format = FormatTokens.of(self.tokenize)
         self.start = start  # generated tokens begin here (the width of the left-padded input)
         self.symptom_sets = symptom_sets
@@ -68,10 +70,11 @@ class StepConstraints(LogitsProcessor):
 
 @torch.no_grad()
 def decode(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop: StopThresholds, batch_size: int = 64,
-           max_new_tokens: int = 320, desc: str = "generate", temperature: float = 0.0
+           max_new_tokens: int = 320, desc: str = "generate", temperature: float = 0.0, steps_only: bool = False
            ) -> list[tuple[str, list[float]]]:
     """One response per symptom set built from nothing, greedy (or sampled at `temperature` > 0; the stop rule
-    stays `stop`, the model's own), with the model's stop probability at each of its step boundaries."""
+    stays `stop`, the model's own), with the model's stop probability at each of its step boundaries. With
+    `steps_only`, a response ends at its stop marker 【, before the 方解, for a caller that reads the steps alone."""
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -87,7 +90,8 @@ def decode(model, tokenizer, symptom_sets: Sequence[Sequence[str]], stop: StopTh
             "do_sample": False}
         generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **sampling,
                                    max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id,
+                                   eos_token_id=[tokenizer.eos_token_id, constraints.format.stop] if steps_only
+                                   else tokenizer.eos_token_id,
                                    logits_processor=LogitsProcessorList([constraints]))
         texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
         out += [(p + t, constraints.stop_probabilities.get(row, []))

@@ -1,12 +1,12 @@
 """The greedy stop rule (rxapp.modelinfo.StopThresholds: two thresholds and a herb limit), tuned on validation and
 written into a trained model's metadata, which the evaluator, the exporter and the app read.
 
-Greedy decoding picks the same herbs whenever it stops, so one pass per case that never stops gives every
-threshold's prescription, and every herb limit's, as a prefix of that pass. Building from nothing, the pass is the
-batched decoder's (pipeline.model.generation). Revising a draft, it is the app's own stepper's, on validation
-drafts corrupted as the revision training examples are (0–3 of the doctors' herbs dropped, 0–3 plausible wrong ones
-added; not as the revision evaluation's test drafts are), cut after MAX_REVISION_STEPS: a threshold that would go
-on past the cut is scored on the list there.
+Greedy decoding picks the same herbs whenever it stops, so one pass per case that stops only at the most herbs a
+rule may hold gives every threshold's prescription, and every herb limit's, as a prefix of that pass. Building from
+nothing, the pass is the batched decoder's (pipeline.model.generation). Revising a draft, it is the app's own
+stepper's, on validation drafts corrupted as the revision training examples are (0–3 of the doctors' herbs dropped,
+0–3 plausible wrong ones added; not as the revision evaluation's test drafts are), cut after MAX_REVISION_STEPS: a
+threshold that would go on past the cut is scored on the list there.
 """
 
 from __future__ import annotations
@@ -88,12 +88,13 @@ def shortest_tied_rule(passes: Sequence[Pass], truths: Sequence[set[str]]) -> tu
 
 
 def tune_scratch(model, tokenizer, symptom_sets: Sequence[Sequence[str]], truths: Sequence[set[str]],
-                 max_herbs: int = 20) -> tuple[float, int | None, float]:
+                 max_herbs: int = HERB_LIMITS[-1]) -> tuple[float, int | None, float]:
     """The from-nothing threshold and herb limit (shortest_tied_rule) and their validation Jaccard, from one
-    batched greedy pass per case that never stops."""
+    batched greedy pass per case that stops only at `max_herbs` herbs, the most any rule may hold (its steps
+    alone: the 方解 after them would only cost time)."""
     passes = []
-    for text, probabilities in decode(model, tokenizer, symptom_sets, StopThresholds(scratch=0.0),
-                                      max_new_tokens=12 * max_herbs, desc="tune stopping"):
+    for text, probabilities in decode(model, tokenizer, symptom_sets, StopThresholds(scratch=0.0, herb_limit=max_herbs),
+                                      max_new_tokens=12 * max_herbs, desc="tune stopping", steps_only=True):
         herbs = parse_response(text).herbs
         passes.append((np.cumprod([1.0 - p for p in probabilities]), [herbs[: i + 1] for i in
                                                                        range(len(probabilities))] + [herbs]))

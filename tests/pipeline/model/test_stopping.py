@@ -7,6 +7,8 @@ from itertools import pairwise
 
 from pipeline.config import StoppingConfig
 from pipeline.data.records import load_split
+from pipeline.model.generation import decode
+from pipeline.model.llm import load_trained
 from pipeline.model.stopping import (
     HERB_LIMITS,
     MAX_REVISION_STEPS,
@@ -18,6 +20,7 @@ from pipeline.model.stopping import (
 )
 from rxapp.backends import load_backend
 from rxapp.modelinfo import StopThresholds, saved_stop_thresholds, write_model_metadata
+from rxapp.stepformat import SUMMARY_HEADER, parse_response
 
 
 def test_each_threshold_scores_the_list_where_its_rule_stops():
@@ -41,6 +44,19 @@ def test_a_revision_pass_holds_the_list_at_every_boundary_and_is_cut(micro_expor
     assert lists[0] == draft and len(lists) == len(opens) + 1 and len(lists) <= MAX_REVISION_STEPS + 1
     assert all(0.0 <= o <= 1.0 for o in opens) and list(opens) == sorted(opens, reverse=True)  # Π(1 − p) falls
     assert all(len(set(before) ^ set(after)) == 1 for before, after in pairwise(lists))  # one herb per step
+
+
+def test_a_from_nothing_pass_is_the_unstopped_decoding_cut_at_the_herb_limit(micro_export):
+    model, tokenizer = load_trained(micro_export / "hf")
+    symptom_sets = [r.symptoms for r in load_split("validation", "clean")[:4]]
+    never = decode(model, tokenizer, symptom_sets, StopThresholds(scratch=0.0), max_new_tokens=160)
+    cut = decode(model, tokenizer, symptom_sets, StopThresholds(scratch=0.0, herb_limit=3), max_new_tokens=160,
+                 steps_only=True)
+    for (text, probabilities), (whole, all_probabilities) in zip(cut, never, strict=True):
+        assert len(parse_response(whole).herbs) > 3  # so that the cut is at the limit, not where the text ran out
+        assert parse_response(text).herbs == parse_response(whole).herbs[:3]
+        assert probabilities == all_probabilities[:2]  # asked at the first two boundaries; the third must stop
+        assert text.endswith("【") and SUMMARY_HEADER not in text  # the steps alone
 
 
 def test_the_shortest_rule_that_ties_the_best_is_chosen():
