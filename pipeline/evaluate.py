@@ -347,9 +347,9 @@ def evaluate_revision(path: Path, split: str, limit: int | None = None, stepper:
                       wrong: str = "plausible") -> dict:
     """A model revising each case's corrupted draft through the app's stepper (greedy, screen off, no safety
     removals: the model's own revision): Jaccard of the draft, of the model's revision and of the co-occurrence
-    revision against the doctors' list, with paired
-    intervals; removal precision (removed herbs that were wrong; a random removal scores 2/|draft|); and the share
-    of dropped herbs the model restored. Drafts too long for the model's context are left out (`too_long`)."""
+    revision against the doctors' list, with paired intervals; removal precision (removed herbs that were wrong; a
+    random removal scores 2/|draft|); and the share of dropped herbs the model restored. Drafts too long for the
+    model's context are left out (`too_long`)."""
     from rxapp.backends import load_backend
     from rxapp.draft import Draft, DraftInputError
     from rxapp.stepper import Recommendation, StepperConfig, recommend

@@ -72,13 +72,12 @@ class StepperConfig:
 STEP_WORDS = {"draft": DRAFT, "add": ADD, "remove": REMOVE}  # how each kind of step is named to the practitioner
 UNREVISED = "模型未对初稿提出加减 The model proposes no change to the draft."  # a revision that stopped at once
 UNREVISED_AFTER_SAFETY = "模型未再提出加减 The model proposes no change beyond the safety check's."
+SAFETY_NOTE = "（安全核查提出）"  # how a removal the safety check proposed is marked, beside its 减
 
 
 def unrevised_note(safety_removed: bool) -> str:
     """What the page and the CLI say of a revision in which the model made no move of its own."""
     return UNREVISED_AFTER_SAFETY if safety_removed else UNREVISED
-
-SAFETY_NOTE = "（安全核查提出）"  # how a removal the safety check proposed is marked, beside its 减
 
 
 @dataclass
@@ -296,6 +295,14 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
     max_herbs = backend.stop_thresholds.most_herbs(draft is not None, cfg.max_herbs)
     tokenize = cache(backend.tokenize)  # the claim words and the symptoms, asked again at every step
 
+    def room() -> bool:
+        """Whether the model's context has room for another step: its marker, its herb and its explanation."""
+        return len(ids) + 2 + cfg.max_explanation_tokens <= backend.n_ctx
+
+    def draft_room() -> None:
+        if not room():
+            raise DraftInputError(f"the draft is too long for this model's context ({backend.n_ctx} tokens)")
+
     def step(action: str, herb: str, probability: float, still_open: float | None = None, safety: bool = False
              ) -> Step:
         """Write the step's marker and herb, let the model explain it (a safety removal: the severe warnings it
@@ -324,24 +331,23 @@ def recommend(backend: Backend, symptoms: Sequence[str], patient: Patient | None
         result.draft_warnings = rules().check_prescription([*draft.herbs, *draft.unknown], patient)
         yield DraftCheck(draft, result.draft_warnings)
         for herb in draft.herbs:
-            if len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
-                raise DraftInputError(f"the draft is too long for this model's context ({backend.n_ctx} tokens)")
+            draft_room()
             scores = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
             yield step("draft", herb, math.exp(log_share(scores, vocab().herb_id[herb])))
         if cfg.remove_severe:
-            lines = dict(zip(draft.herbs, np.split(ids[start:], np.flatnonzero(np.asarray(ids[start:]) == fmt.newline)
-                                                   [:-1] + 1), strict=True))
+            written = np.asarray(ids[start:])  # the draft's lines, each ending with its newline
+            lines = dict(zip(draft.herbs, np.split(written, np.flatnonzero(written == fmt.newline)[:-1] + 1),
+                             strict=True))
             fit = cache(lambda herb: draft_fit(backend, symptoms, patient.pregnant, lines, herb))
             for herb in safety_removals(draft.herbs, patient, fit):
-                if len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
-                    raise DraftInputError(f"the draft is too long for this model's context ({backend.n_ctx} tokens)")
+                draft_room()
                 held = [vocab().herb_id[h] for h in result.herbs]
                 logits = backend.logits([*ids, fmt.remove])[herb_tokens][held]
                 yield step("remove", herb, math.exp(log_share(logits, held.index(vocab().herb_id[herb]))), safety=True)
     while True:  # ids end with a newline: another step, or stop
         allowed = fmt.allowed(ids[start:], max_herbs, len(draft.herbs) if draft else 0)
-        if result.steps and len(ids) + 2 + cfg.max_explanation_tokens > backend.n_ctx:
-            allowed = [fmt.stop]  # no room for another step (加, the herb, its explanation) in the model's context
+        if result.steps and not room():
+            allowed = [fmt.stop]
         pooled = None  # the pooled herb logits after 加 here, once asked for
         if first_scores is None and fmt.add in allowed:  # the ranking: every herb, at the first decision
             pooled = pool_names(backend.logits([*ids, fmt.add])[herb_tokens])
