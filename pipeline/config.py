@@ -76,9 +76,10 @@ class SFTConfig:
     # epoch, drawn afresh (stages/sft.py, pipeline/data/revision.py)
     revision_share: float = 0.25
     # the training steps' forward passes: "bf16" runs them under bfloat16 autocast (weights, optimizer state, the
-    # loss and every validation stay float32), the default model's epochs 1.25× faster on a CPU with native bfloat16
-    # (AVX512-BF16); "fp32" does not; "auto" is bf16 where the hardware computes in bfloat16 natively, else fp32
-    # (docs/lab/2026-12-07-one-command-default.md)
+    # loss and every validation stay float32), the default model's epochs 1.25× faster on the CPU the shipped model
+    # was trained on (docs/lab/2026-12-07-one-command-default.md) and 1.3× slower on one with AVX512-BF16 but no AMX
+    # (docs/lab/2026-12-08-bf16-without-amx.md); "fp32" does not; "auto" is bf16 on a CUDA device that supports it
+    # or a CPU with AMX, else fp32
     precision: str = "auto"
     max_train: int | None = None  # cap on training examples (micro config)
     max_validation: int | None = None

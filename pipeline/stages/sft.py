@@ -304,12 +304,14 @@ def train_sft(cfg: PipelineConfig, run_folder: RunFolder, resume: bool = False) 
 
 def bf16_forward(precision: str, device: str) -> bool:
     """Whether the training steps' forward passes run under bfloat16 autocast (SFTConfig.precision); "auto" asks
-    whether the hardware computes in bfloat16 natively, where emulating it would be slower than float32."""
+    whether the hardware multiplies bfloat16 matrices natively: a CUDA device that supports it, or a CPU whose AMX
+    tiles oneDNN can use. With AVX512-BF16 alone, autocast made the default model's training slower than float32
+    (docs/lab/2026-12-08-bf16-without-amx.md)."""
     if precision != "auto":
         return precision == "bf16"
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch._C._cpu._init_amx()
 
 
 def lr_factor(step: int, warmup: int, main: int, ranking: int, ranking_scale: float) -> float:

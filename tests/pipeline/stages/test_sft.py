@@ -47,7 +47,7 @@ def test_resume_continues_from_the_checkpoint(micro_run, tmp_path):
 
 def test_training_again_writes_the_same_weights(micro_run, tmp_path):
     """A run reproduces its model: SFT again on the same data and config, on the same machine, writes the same
-    bytes (under bfloat16 autocast where the CPU has it natively: sft.precision auto)."""
+    bytes (under bfloat16 autocast where the CPU has AMX: sft.precision auto)."""
     copy = tmp_path / "run"
     shutil.copytree(micro_run, copy, ignore=shutil.ignore_patterns("sft"))
     result = subprocess.run([sys.executable, "-m", "pipeline", "sft", "--config", "configs/micro.yaml", "--out",
