@@ -77,7 +77,7 @@ class SFTConfig:
     revision_share: float = 0.25
     # the training steps' forward passes: "bf16" runs them under bfloat16 autocast (weights, optimizer state, the
     # loss and every validation stay float32), the default model's epochs 1.25× faster on the CPU the shipped model
-    # was trained on (docs/lab/2026-12-07-one-command-default.md) and 1.3× slower on one with AVX512-BF16 but no AMX
+    # was trained on (docs/lab/2026-12-07-one-command-default.md) and 1.3–1.5× slower on one with AVX512-BF16 but no AMX
     # (docs/lab/2026-12-08-bf16-without-amx.md); "fp32" does not; "auto" is bf16 on a CUDA device that supports it
     # or a CPU with AMX, else fp32
     precision: str = "auto"
